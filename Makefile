@@ -1,0 +1,49 @@
+# nvbox: `make run` runs the main job, `make test` runs every test.  Both set
+# up everything they need on a fresh machine (Python packages, node packages for
+# the Kaitai compiler, Debian's qemu-utils, dumpasn1 and openssl).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := qemu-utils dumpasn1 openssl
+
+.PHONY: run test install tools kaitai tour corpus corpus-check corpus-dist bench bench-quick fuzz crash-full clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian tools the tests use for real (never mocked): qemu-img/qemu-io,
+# dumpasn1, openssl.  Installed only when missing.
+tools:
+	@missing=""; \
+	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
+	command -v dumpasn1 >/dev/null || missing="$$missing dumpasn1"; \
+	command -v openssl  >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+kaitai: $(STAMP)
+	@if [ -f ksy/package.json ]; then $(MAKE) -s -C ksy build PY=$(abspath $(PY)); fi
+
+tour: $(STAMP)
+	$(VENV)/bin/python reference/tour.py
+
+run: $(STAMP) tools kaitai
+	@if [ -d conformance/cases ]; then $(PY) -m conformance run --impl "$(abspath $(PY)) -m nvbox.adapter"; fi
+	$(MAKE) -s tour
+
+test: $(STAMP) tools kaitai
+	$(PY) -m pytest reference/tests $(wildcard ksy/tests) $(wildcard conformance/tests) $(wildcard benchmarks/tests) -q -x -p no:cacheprovider
+	@if [ -d conformance/cases ]; then $(PY) -m conformance run --impl "$(abspath $(PY)) -m nvbox.adapter"; fi
+	@if [ -f benchmarks/conftest.py ]; then $(MAKE) -s bench-quick; fi
+
+clean:
+	rm -rf $(VENV) ksy/build ksy/node_modules .pytest_cache .benchmarks
