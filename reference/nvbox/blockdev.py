@@ -134,6 +134,11 @@ class FileDevice(BlockDevice):
                 raise_code("image.locked", f"{self.path} is open for writing elsewhere")
             raise_code("io.error", f"cannot lock {self.path}: {exc.strerror}")
 
+    def make_fixed(self) -> None:
+        """Treat the current size as a fixed capacity from now on."""
+        self.growable = False
+        self._fixed_size = self._raw_size()
+
     def _raw_size(self) -> int:
         if self.is_block_device:
             return os.lseek(self.fd, 0, os.SEEK_END)

@@ -1,0 +1,765 @@
+"""On-disk structures of nvbox v1: encoding and decoding, no I/O.
+
+One section per table of spec/nvbox.md, in the same order, with the same
+field names.  Decoders take bytes and return frozen records, or raise the
+error code the spec gives for the first rule broken; encoders are their exact
+inverse.  Nothing here reads a file: the tree code hands in cluster bytes it
+has already verified against their pointer's checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field, replace
+
+import google_crc32c
+
+from . import _der as der
+from .errors import raise_code
+
+# -- constants (spec section 1, 3, 4) ---------------------------------------
+
+MAGIC = b"\x8aNVB\r\n\x1a\n"
+VERSION = 1
+HEADER_LENGTH = 128
+HEADER_AREA = 2048
+SECTOR = 512
+SLOT_OFFSETS = (512, 1024)  # slot A, slot B
+SLOT_MAGIC = b"NVBXSLOT"
+DIR_MAGIC = b"NVDN"
+KEYSLOT_MAGIC = b"NVKS"
+MIN_CLUSTER_BITS, MAX_CLUSTER_BITS = 9, 21
+DEFAULT_CLUSTER_BITS = 12
+REFCOUNT_ORDER = 4
+MAX_REFCOUNT = 0xFFFF
+MAX_IMAGE_CLUSTERS = 1 << 40
+MAX_BLOB_SIZE = 1 << 48
+MAX_NAME = 255
+MAX_DIR_DEPTH = 16
+MAX_MAP_DEPTH = 16
+MAX_REFCOUNT_DEPTH = 6
+MAX_SNAPSHOTS = 1024
+MAX_SNAPSHOT_METADATA = 1024
+MAX_SNAPTABLE = 2 << 20
+NUM_KEYSLOTS = 8
+KEYSLOT_SIZE = 96
+DIR_NODE_HEADER = 16
+
+PLAIN_POINTER = 16
+ENCRYPTED_POINTER = 40
+POINTER_FIELD = 40  # pointer fields in the commit slot are always 40 bytes
+
+# Feature bits (spec section 5).
+INCOMPAT_ENCRYPTED = 1 << 0
+KNOWN_INCOMPATIBLE = INCOMPAT_ENCRYPTED
+KNOWN_COMPATIBLE = 0
+KNOWN_AUTOCLEAR = 0
+
+EXT_END = 0
+EXT_CREATOR = 1
+EXT_REQUIRED = 1
+KNOWN_EXTENSIONS = {EXT_CREATOR}
+
+# AEAD associated-data kinds (spec section 10.2).
+KIND_DATA, KIND_MAP, KIND_REFBLOCK, KIND_REFINDEX, KIND_DIR, KIND_SNAPDATA = 1, 2, 3, 4, 5, 6
+
+
+def crc32c(data) -> int:
+    return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
+
+
+def blob_key(name: str) -> bytes:
+    """The directory key of a name: SHA-256 of its UTF-8 bytes [R-dir-1]."""
+    return hashlib.sha256(name.encode("utf-8")).digest()
+
+
+def check_name(name, code: str = "blob.name") -> str:
+    """Validate a blob or snapshot name (1..255 bytes of UTF-8, no NUL)."""
+    if isinstance(name, bytes):
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise_code(code, "name is not UTF-8")
+    if not isinstance(name, str):
+        raise_code(code, "name must be a string")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise_code(code, "name is not encodable as UTF-8")
+    if not 1 <= len(raw) <= MAX_NAME or b"\0" in raw:
+        raise_code(code, f"name must be 1 to {MAX_NAME} bytes without NUL, got {len(raw)} bytes")
+    return name
+
+
+# -- geometry ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes derived from cluster_bits and the pointer width."""
+
+    cluster_bits: int
+    encrypted: bool = False
+
+    @property
+    def cluster_size(self) -> int:
+        return 1 << self.cluster_bits
+
+    @property
+    def pointer_size(self) -> int:
+        return ENCRYPTED_POINTER if self.encrypted else PLAIN_POINTER
+
+    @property
+    def fanout(self) -> int:
+        return self.cluster_size // self.pointer_size
+
+    @property
+    def header_clusters(self) -> int:
+        return -(-HEADER_AREA // self.cluster_size)
+
+    @property
+    def inline_max(self) -> int:
+        return min(self.cluster_size // 8, 1024)
+
+    @property
+    def counts_per_block(self) -> int:
+        return self.cluster_size // 2
+
+    @property
+    def dir_body_max(self) -> int:
+        return self.cluster_size - DIR_NODE_HEADER
+
+    def map_depth(self, size: int) -> int:
+        """Least depth whose map covers ``size`` bytes [R-map-1]."""
+        depth, capacity = 0, self.cluster_size
+        while capacity < size:
+            depth += 1
+            capacity *= self.fanout
+        return depth
+
+    def refcount_coverage(self, depth: int) -> int:
+        return self.counts_per_block * self.fanout ** (depth - 1)
+
+    def refcount_depth_for(self, clusters: int) -> int:
+        depth = 1
+        while self.refcount_coverage(depth) < clusters:
+            depth += 1
+        return depth
+
+
+# -- pointers (spec section 6) ----------------------------------------------
+
+@dataclass(frozen=True)
+class Pointer:
+    offset: int = 0
+    crc: int = 0
+    nonce: bytes = b""
+    tag: bytes = b""
+
+    @property
+    def is_null(self) -> bool:
+        return self.offset == 0
+
+    def encode(self, width: int) -> bytes:
+        if width == PLAIN_POINTER:
+            return struct.pack("<QII", self.offset, self.crc, 0)
+        return struct.pack("<QI", self.offset, self.crc) + self.nonce.ljust(12, b"\0") + self.tag.ljust(16, b"\0")
+
+
+NULL = Pointer()
+
+
+def decode_pointer(raw, width: int) -> Pointer:
+    """Decode a pointer's bytes; checks R-ptr-2 rule 1 (the rest needs the geometry)."""
+    offset, crc = struct.unpack_from("<QI", raw, 0)
+    if offset == 0:
+        if any(raw[:width]):
+            raise_code("pointer.reserved", "a null pointer has non-zero bytes")
+        return NULL
+    if width == PLAIN_POINTER:
+        if struct.unpack_from("<I", raw, 12)[0]:
+            raise_code("pointer.reserved", "a plain pointer's reserved bytes are not zero")
+        return Pointer(offset, crc)
+    return Pointer(offset, crc, bytes(raw[12:24]), bytes(raw[24:40]))
+
+
+def check_pointer(ptr: Pointer, geo: Geometry, image_clusters: int) -> None:
+    """R-ptr-2 rules 2 and 3 for a non-null pointer."""
+    if ptr.offset % geo.cluster_size:
+        raise_code("pointer.misaligned", f"pointer offset {ptr.offset} is not cluster-aligned")
+    index = ptr.offset >> geo.cluster_bits
+    if index < geo.header_clusters or index >= image_clusters:
+        raise_code("pointer.out_of_range",
+                   f"pointer to cluster {index} outside [{geo.header_clusters}, {image_clusters})")
+
+
+def encode_pointers(ptrs, geo: Geometry) -> bytes:
+    """A map node or refcount index node: ``fanout`` pointers, zero padded."""
+    w = geo.pointer_size
+    if w == PLAIN_POINTER:
+        out = bytearray(geo.cluster_size)
+        pack = struct.pack_into
+        for i, p in enumerate(ptrs):
+            if p.offset:
+                pack("<QI", out, i * 16, p.offset, p.crc)
+        return bytes(out)
+    body = b"".join(p.encode(w) for p in ptrs)
+    return body.ljust(geo.cluster_size, b"\0")
+
+
+def decode_pointers(raw, geo: Geometry) -> list[Pointer]:
+    w = geo.pointer_size
+    n = geo.fanout
+    if any(raw[n * w:]):
+        raise_code("pointer.reserved", "non-zero bytes after a node's last pointer")
+    if w == PLAIN_POINTER:
+        out = []
+        for offset, crc, reserved in struct.iter_unpack("<QII", raw[:n * w]):
+            if offset == 0:
+                if crc or reserved:
+                    raise_code("pointer.reserved", "a null pointer has non-zero bytes")
+                out.append(NULL)
+            else:
+                if reserved:
+                    raise_code("pointer.reserved", "a plain pointer's reserved bytes are not zero")
+                out.append(Pointer(offset, crc))
+        return out
+    return [decode_pointer(raw[i * w:(i + 1) * w], w) for i in range(n)]
+
+
+# -- header (spec section 3) ------------------------------------------------
+
+@dataclass(frozen=True)
+class Extension:
+    ext_type: int
+    ext_flags: int
+    ext_data: bytes
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Header:
+    cluster_bits: int
+    image_uuid: bytes
+    capacity_clusters: int = 0
+    create_time: int = 0
+    header_length: int = HEADER_LENGTH
+    refcount_order: int = REFCOUNT_ORDER
+    extensions: tuple = ()
+
+    def encode(self) -> bytes:
+        out = bytearray(SECTOR)
+        struct.pack_into("<8sIIBBHI16sQQ", out, 0, MAGIC, VERSION, self.header_length, self.cluster_bits,
+                         self.refcount_order, 0, 0, self.image_uuid, self.capacity_clusters, self.create_time)
+        pos = self.header_length
+        for ext in self.extensions:
+            struct.pack_into("<HHI", out, pos, ext.ext_type, ext.ext_flags, len(ext.ext_data))
+            out[pos + 8:pos + 8 + len(ext.ext_data)] = ext.ext_data
+            pos += 8 + (len(ext.ext_data) + 7) // 8 * 8
+        if pos + 8 > 508:
+            raise ValueError("header extensions do not fit")
+        struct.pack_into("<I", out, 508, crc32c(bytes(out[:508])))
+        return bytes(out)
+
+
+def decode_header(raw: bytes) -> Header:
+    """Validate and decode sector 0 in the order R-header-9 prescribes."""
+    if len(raw) < HEADER_AREA:
+        raise_code("image.truncated", f"the file holds {len(raw)} bytes, fewer than the 2048-byte header area")
+    if raw[:8] != MAGIC:
+        if raw[:4] == MAGIC[:4]:
+            raise_code("header.magic", "signature damaged, as by a text-mode (line-ending) transfer")
+        raise_code("header.magic", "not an nvbox image")
+    if struct.unpack_from("<I", raw, 508)[0] != crc32c(raw[:508]):
+        raise_code("header.checksum")
+    (version, header_length, cluster_bits, refcount_order, reserved0, header_flags, image_uuid,
+     capacity, create_time) = struct.unpack_from("<IIBBHI16sQQ", raw, 8)
+    if version != VERSION:
+        raise_code("header.version", f"format version {version}, this implementation reads version 1")
+    if header_length % 8 or not HEADER_LENGTH <= header_length <= 504:
+        raise_code("header.field", f"header_length {header_length} out of range")
+    if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
+        raise_code("header.cluster_size", f"cluster_bits {cluster_bits} outside 9..21")
+    if refcount_order != REFCOUNT_ORDER:
+        raise_code("header.field", f"refcount_order {refcount_order}, must be 4")
+    if reserved0 or header_flags or any(raw[56:header_length]):
+        raise_code("header.field", "reserved header bytes are not zero")
+    geo = Geometry(cluster_bits)
+    if capacity and not geo.header_clusters + 2 <= capacity <= MAX_IMAGE_CLUSTERS:
+        raise_code("header.field", f"capacity_clusters {capacity} out of range")
+    extensions = []
+    pos = header_length
+    while True:
+        if pos + 8 > 508:
+            raise_code("header.extension", "extension area has no end record")
+        ext_type, ext_flags, length = struct.unpack_from("<HHI", raw, pos)
+        if ext_type == EXT_END:
+            if ext_flags or length:
+                raise_code("header.extension", "malformed end record")
+            break
+        if ext_flags & ~EXT_REQUIRED:
+            raise_code("header.extension", "reserved extension flag bits set")
+        padded = (length + 7) // 8 * 8
+        if pos + 8 + padded + 8 > 508:
+            raise_code("header.extension", "extension record runs past the header")
+        data = bytes(raw[pos + 8:pos + 8 + length])
+        if any(raw[pos + 8 + length:pos + 8 + padded]):
+            raise_code("header.extension", "non-zero extension padding")
+        if ext_type not in KNOWN_EXTENSIONS and ext_flags & EXT_REQUIRED:
+            raise_code("header.extension_required", f"unknown required header extension type {ext_type}")
+        if ext_type == EXT_CREATOR:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise_code("header.extension", "creator extension is not UTF-8")
+            if length > 64:
+                raise_code("header.extension", "creator extension longer than 64 bytes")
+        extensions.append(Extension(ext_type, ext_flags, data, pos))
+        pos += 8 + padded
+    if any(raw[pos + 8:508]):
+        raise_code("header.extension", "non-zero bytes after the end record")
+    return Header(cluster_bits, bytes(image_uuid), capacity, create_time, header_length, refcount_order,
+                  tuple(extensions))
+
+
+# -- commit slots (spec section 4) ------------------------------------------
+
+_SLOT = struct.Struct("<8sQQQQQQQQBBBBIQ")  # 88 bytes, up to refcount_root
+
+
+@dataclass(frozen=True)
+class Slot:
+    generation: int
+    incompatible_features: int = 0
+    compatible_features: int = 0
+    autoclear_features: int = 0
+    image_clusters: int = 0
+    blob_count: int = 0
+    next_snapshot_id: int = 1
+    commit_time: int = 0
+    refcount_depth: int = 1
+    dir_depth: int = 0
+    snaptable_depth: int = 0
+    snapshot_count: int = 0
+    snaptable_size: int = 0
+    refcount_root: Pointer = NULL
+    dir_root: Pointer = NULL
+    snaptable_root: Pointer = NULL
+    keyslots: Pointer = NULL
+    slot_mac: bytes = bytes(32)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.incompatible_features & INCOMPAT_ENCRYPTED)
+
+    def encode_unsigned(self) -> bytearray:
+        """Bytes 0..507 with a zero MAC (the MAC, when any, covers bytes 0..475)."""
+        width = ENCRYPTED_POINTER if self.encrypted else PLAIN_POINTER
+        out = bytearray(SECTOR)
+        _SLOT.pack_into(out, 0, SLOT_MAGIC, self.generation, self.incompatible_features,
+                        self.compatible_features, self.autoclear_features, self.image_clusters,
+                        self.blob_count, self.next_snapshot_id, self.commit_time, self.refcount_depth,
+                        self.dir_depth, self.snaptable_depth, 0, self.snapshot_count, self.snaptable_size)
+        for off, ptr in ((88, self.refcount_root), (128, self.dir_root), (168, self.snaptable_root)):
+            out[off:off + width] = ptr.encode(width)
+        out[208:224] = self.keyslots.encode(PLAIN_POINTER)
+        return out
+
+    def encode(self) -> bytes:
+        out = self.encode_unsigned()
+        out[476:508] = self.slot_mac
+        struct.pack_into("<I", out, 508, crc32c(bytes(out[:508])))
+        return bytes(out)
+
+
+def slot_is_valid(raw: bytes, index: int) -> bool:
+    """The three conditions of R-slot-2."""
+    if len(raw) < SECTOR or raw[:8] != SLOT_MAGIC:
+        return False
+    if struct.unpack_from("<I", raw, 508)[0] != crc32c(raw[:508]):
+        return False
+    generation = struct.unpack_from("<Q", raw, 8)[0]
+    return generation >= 1 and generation % 2 == (1 if index == 0 else 0)
+
+
+def decode_slot(raw: bytes, header: Header) -> Slot:
+    """Decode a slot already known valid, checking its fields (R-slot-5)."""
+    (_, generation, incompat, compat, autoclear, image_clusters, blob_count, next_snapshot_id, commit_time,
+     refcount_depth, dir_depth, snaptable_depth, reserved0, snapshot_count, snaptable_size) = _SLOT.unpack_from(raw)
+    unknown = incompat & ~KNOWN_INCOMPATIBLE
+    if unknown:
+        raise_code("feature.incompatible", f"unknown incompatible feature bits 0x{unknown:x}")
+    encrypted = bool(incompat & INCOMPAT_ENCRYPTED)
+    geo = Geometry(header.cluster_bits, encrypted)
+    width = geo.pointer_size
+
+    def bad(why):
+        raise_code("slot.field", why)
+
+    if reserved0 or any(raw[248:476]):
+        bad("reserved slot bytes are not zero")
+    for off in (88, 128, 168):
+        if any(raw[off + width:off + POINTER_FIELD]):
+            bad("bytes after a root pointer are not zero")
+    if any(raw[224:248]):
+        bad("bytes after the keyslots pointer are not zero")
+    if not encrypted and any(raw[476:508]):
+        bad("slot_mac is not zero in a plain image")
+    if not geo.header_clusters + 1 <= image_clusters <= MAX_IMAGE_CLUSTERS:
+        bad(f"image_clusters {image_clusters} out of range")
+    if header.capacity_clusters and image_clusters > header.capacity_clusters:
+        bad(f"image_clusters {image_clusters} above capacity {header.capacity_clusters}")
+    if not 1 <= refcount_depth <= MAX_REFCOUNT_DEPTH or geo.refcount_coverage(refcount_depth) < image_clusters:
+        bad(f"refcount_depth {refcount_depth} cannot cover {image_clusters} clusters")
+    if dir_depth > MAX_DIR_DEPTH:
+        bad(f"dir_depth {dir_depth} above {MAX_DIR_DEPTH}")
+    if snapshot_count > MAX_SNAPSHOTS:
+        bad(f"snapshot_count {snapshot_count} above {MAX_SNAPSHOTS}")
+    if snaptable_size > MAX_SNAPTABLE or (snaptable_size == 0) != (snapshot_count == 0):
+        bad(f"snaptable_size {snaptable_size} inconsistent with snapshot_count {snapshot_count}")
+    if snaptable_depth != geo.map_depth(snaptable_size):
+        bad(f"snaptable_depth {snaptable_depth} does not match snaptable_size {snaptable_size}")
+    if next_snapshot_id < 1:
+        bad("next_snapshot_id is 0")
+    if encrypted and header.cluster_bits < 10:
+        raise_code("header.field", "encrypted images need clusters of at least 1024 bytes")
+    try:
+        refcount_root = decode_pointer(raw[88:88 + width], width)
+        dir_root = decode_pointer(raw[128:128 + width], width)
+        snaptable_root = decode_pointer(raw[168:168 + width], width)
+        keyslots = decode_pointer(raw[208:224], PLAIN_POINTER)
+    except Exception as exc:  # pointer.reserved inside a slot is a slot field error
+        bad(str(exc))
+    if refcount_root.is_null:
+        bad("refcount_root is null")
+    if dir_root.is_null != (dir_depth == 0):
+        bad("dir_root must be null exactly when dir_depth is 0")
+    if snaptable_root.is_null and snaptable_size and False:
+        pass  # a null root with non-zero size is a sparse (all-zero) table: invalid DER, caught on read
+    if keyslots.is_null == encrypted:
+        bad("keyslots must be set exactly when the image is encrypted")
+    for ptr in (refcount_root, dir_root, snaptable_root, keyslots):
+        if not ptr.is_null:
+            check_pointer(ptr, geo, image_clusters)
+    return Slot(generation, incompat, compat, autoclear, image_clusters, blob_count, next_snapshot_id,
+                commit_time, refcount_depth, dir_depth, snaptable_depth, snapshot_count, snaptable_size,
+                refcount_root, dir_root, snaptable_root, keyslots, bytes(raw[476:508]))
+
+
+# -- refcount blocks (spec section 7) ---------------------------------------
+
+def decode_refblock(raw) -> list[int]:
+    return list(struct.unpack(f"<{len(raw) // 2}H", raw))
+
+
+def encode_refblock(counts) -> bytes:
+    return struct.pack(f"<{len(counts)}H", *counts)
+
+
+# -- directory (spec section 9) ---------------------------------------------
+
+@dataclass(frozen=True)
+class DirEntry:
+    name: str
+    size: int
+    inline: bytes | None = None       # the blob's bytes when stored inline
+    depth: int = 0                    # cluster map, when not inline
+    root: Pointer = NULL
+    extra: bytes = b""                # unknown extension fields, kept byte for byte [R-dir-4]
+
+    @property
+    def key(self) -> bytes:
+        return blob_key(self.name)
+
+    def encode(self, width: int) -> bytes:
+        if self.inline is not None:
+            content = der.octets(self.inline, der.context(0))
+        else:
+            content = der.sequence(der.integer(self.depth), der.octets(self.root.encode(width)),
+                                   tag=der.context(1, True))
+        return der.sequence(der.utf8(self.name), der.integer(self.size), content, self.extra)
+
+
+@dataclass(frozen=True)
+class DirBranch:
+    low_key: bytes
+    child: Pointer
+
+    def encode(self, width: int) -> bytes:
+        return der.sequence(der.octets(self.low_key), der.octets(self.child.encode(width)))
+
+
+def _extension_fields(buf, fields, first_tag: int) -> bytes:
+    """Validate trailing extension fields (ascending context tags >= first_tag) and return their bytes."""
+    last = first_tag - 1
+    for tag, cs, ce in fields:
+        n = der.context_number(tag)
+        if n is None or n < first_tag or n <= last:
+            raise_code("der.malformed", "extension fields must be context tags in strictly ascending order")
+        last = n
+    if not fields:
+        return b""
+    start = fields[0][1] - _header_len(buf, fields[0][1])
+    return bytes(buf[start:fields[-1][2]])
+
+
+def _header_len(buf, content_start: int) -> int:
+    """Length of the TLV header that ends at ``content_start`` (tag + length bytes)."""
+    # Walk back: the length is either short (1 byte) or 0x8n followed by n bytes.
+    for n in (1, 2, 3, 4):
+        first = buf[content_start - n]
+        if n == 1 and first < 0x80 and _is_tag_at(buf, content_start - 2):
+            return 2
+        if n > 1 and first == 0x80 | (n - 1):
+            return n + 1
+    raise_code("der.malformed", "cannot locate an extension field's header")
+
+
+def _is_tag_at(buf, pos: int) -> bool:
+    return pos >= 0
+
+
+def _pointer_field(buf, cs, ce, width, what) -> Pointer:
+    if ce - cs != width:
+        raise_code("directory.entry", f"{what} is {ce - cs} bytes, the image's pointers are {width}")
+    return decode_pointer(buf[cs:ce], width)
+
+
+def decode_entry(buf, cs: int, ce: int, geo: Geometry) -> DirEntry:
+    fields = der.elements(buf, cs, ce)
+    if len(fields) < 3:
+        raise_code("der.malformed", "DirEntry needs name, size and content")
+    (t0, n0, n1), (t1, s0, s1), (t2, c0, c1) = fields[:3]
+    der.expect(t0, der.UTF8_STRING, "DirEntry.name")
+    der.expect(t1, der.INTEGER, "DirEntry.size")
+    name = der.as_utf8(buf, n0, n1)
+    if not 1 <= n1 - n0 <= MAX_NAME:
+        raise_code("directory.entry", f"name of {n1 - n0} bytes")
+    size = der.as_integer(buf, s0, s1)
+    if size > MAX_BLOB_SIZE:
+        raise_code("directory.entry", f"blob size {size} above 2^48")
+    extra = _extension_fields(buf, fields[3:], 2)
+    if t2 == der.context(0):
+        if size > geo.inline_max:
+            raise_code("directory.entry", f"inline blob of {size} bytes above inline_max {geo.inline_max}")
+        if c1 - c0 != size:
+            raise_code("directory.entry", f"inline content of {c1 - c0} bytes for size {size}")
+        return DirEntry(name, size, bytes(buf[c0:c1]), extra=extra)
+    if t2 != der.context(1, True):
+        raise_code("der.malformed", f"DirEntry.content has tag 0x{t2:02x}")
+    parts = der.elements(buf, c0, c1)
+    if len(parts) != 2:
+        raise_code("der.malformed", "ClusterMap needs depth and root")
+    der.expect(parts[0][0], der.INTEGER, "ClusterMap.depth")
+    der.expect(parts[1][0], der.OCTET_STRING, "ClusterMap.root")
+    depth = der.as_integer(buf, parts[0][1], parts[0][2], MAX_MAP_DEPTH)
+    root = _pointer_field(buf, parts[1][1], parts[1][2], geo.pointer_size, "ClusterMap.root")
+    if depth != geo.map_depth(size):
+        raise_code("map.depth", f"map depth {depth} for a blob of {size} bytes, expected {geo.map_depth(size)}")
+    return DirEntry(name, size, None, depth, root, extra)
+
+
+def decode_branch(buf, cs: int, ce: int, geo: Geometry) -> DirBranch:
+    fields = der.elements(buf, cs, ce)
+    if len(fields) != 2:
+        raise_code("der.malformed", "DirBranch needs lowKey and child")
+    der.expect(fields[0][0], der.OCTET_STRING, "DirBranch.lowKey")
+    der.expect(fields[1][0], der.OCTET_STRING, "DirBranch.child")
+    low = bytes(buf[fields[0][1]:fields[0][2]])
+    if len(low) not in (0, 32):
+        raise_code("directory.entry", f"lowKey of {len(low)} bytes")
+    child = _pointer_field(buf, fields[1][1], fields[1][2], geo.pointer_size, "DirBranch.child")
+    if child.is_null:
+        raise_code("directory.entry", "a branch's child is null")
+    return DirBranch(low, child)
+
+
+@dataclass(frozen=True)
+class DirNode:
+    level: int
+    items: tuple  # DirEntry for a leaf, DirBranch for an index node
+
+    def keys(self):
+        if self.level == 0:
+            return [e.key for e in self.items]
+        return [b.low_key for b in self.items]
+
+
+def encode_dir_body(level: int, items, width: int) -> bytes:
+    return der.sequence(*(item.encode(width) for item in items))
+
+
+def encode_dir_node(level: int, items, geo: Geometry, body: bytes | None = None) -> bytes:
+    if body is None:
+        body = encode_dir_body(level, items, geo.pointer_size)
+    if len(body) > geo.dir_body_max:
+        raise ValueError("directory node body exceeds the cluster")
+    head = struct.pack("<4sBBHII", DIR_MAGIC, level, 0, len(items), len(body), 0)
+    return (head + body).ljust(geo.cluster_size, b"\0")
+
+
+def decode_dir_node(raw, geo: Geometry, expected_level: int | None = None) -> DirNode:
+    magic, level, reserved0, count, body_length, reserved1 = struct.unpack_from("<4sBBHII", raw, 0)
+    if magic != DIR_MAGIC:
+        raise_code("directory.node", "directory node magic is not NVDN")
+    if reserved0 or reserved1:
+        raise_code("directory.node", "reserved directory node bytes are not zero")
+    if count < 1:
+        raise_code("directory.node", "directory node with no elements")
+    if body_length > geo.dir_body_max:
+        raise_code("directory.node", f"body_length {body_length} exceeds the cluster")
+    end = DIR_NODE_HEADER + body_length
+    if any(raw[end:]):
+        raise_code("directory.node", "non-zero padding after the directory node body")
+    if expected_level is not None and level != expected_level:
+        raise_code("directory.depth", f"directory node at level {level}, expected {expected_level}")
+    cs, ce = der.parse_single(raw, DIR_NODE_HEADER, end, der.SEQUENCE)
+    elems = der.elements(raw, cs, ce)
+    if len(elems) != count:
+        raise_code("directory.node", f"count {count} but the body holds {len(elems)} elements")
+    items = []
+    for tag, a, b in elems:
+        der.expect(tag, der.SEQUENCE, "directory element")
+        items.append(decode_entry(raw, a, b, geo) if level == 0 else decode_branch(raw, a, b, geo))
+    keys = [e.key for e in items] if level == 0 else [br.low_key for br in items]
+    if level > 0 and keys[0] != b"":
+        raise_code("directory.order", "the first branch's lowKey must be empty")
+    for i in range(1 if level > 0 else 0, len(keys)):
+        if level > 0 and len(keys[i]) != 32:
+            raise_code("directory.order", "only the first branch may have an empty lowKey")
+        if i and keys[i - 1] >= keys[i]:
+            raise_code("directory.order", "directory keys are not strictly ascending")
+    return DirNode(level, tuple(items))
+
+
+# -- snapshot table (spec sections 9.2, 11) ----------------------------------
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: int
+    name: str
+    create_time: int
+    blob_count: int
+    dir_depth: int
+    dir_root: Pointer
+    metadata: bytes | None = None
+    extra: bytes = b""
+
+    def encode(self, width: int) -> bytes:
+        meta = der.octets(self.metadata, der.context(0)) if self.metadata is not None else b""
+        return der.sequence(der.integer(self.id), der.utf8(self.name), der.integer(self.create_time),
+                            der.integer(self.blob_count), der.integer(self.dir_depth),
+                            der.octets(self.dir_root.encode(width)), meta, self.extra)
+
+
+def encode_snapshot_table(snaps, width: int) -> bytes:
+    if not snaps:
+        return b""
+    return der.sequence(*(s.encode(width) for s in snaps))
+
+
+def decode_snapshot_table(raw, geo: Geometry, count: int, next_id: int) -> list[Snapshot]:
+    if not raw:
+        return []
+
+    def bad(why):
+        raise_code("snapshot.table", why)
+
+    cs, ce = der.parse_single(raw, 0, len(raw), der.SEQUENCE)
+    out = []
+    names = set()
+    for tag, a, b in der.elements(raw, cs, ce):
+        der.expect(tag, der.SEQUENCE, "Snapshot")
+        fields = der.elements(raw, a, b)
+        if len(fields) < 6:
+            raise_code("der.malformed", "Snapshot record needs six fields")
+        wanted = (der.INTEGER, der.UTF8_STRING, der.INTEGER, der.INTEGER, der.INTEGER, der.OCTET_STRING)
+        for (t, _, _), w in zip(fields, wanted):
+            der.expect(t, w, "Snapshot field")
+        sid = der.as_integer(raw, fields[0][1], fields[0][2], (1 << 63) - 1)
+        name = der.as_utf8(raw, fields[1][1], fields[1][2])
+        if not 1 <= fields[1][2] - fields[1][1] <= MAX_NAME:
+            bad("snapshot name length out of range")
+        ctime = der.as_integer(raw, fields[2][1], fields[2][2])
+        blob_count = der.as_integer(raw, fields[3][1], fields[3][2])
+        depth = der.as_integer(raw, fields[4][1], fields[4][2], MAX_DIR_DEPTH)
+        if fields[5][2] - fields[5][1] != geo.pointer_size:
+            bad("snapshot dirRoot has the wrong pointer width")
+        root = decode_pointer(raw[fields[5][1]:fields[5][2]], geo.pointer_size)
+        if root.is_null != (depth == 0):
+            bad("snapshot dirRoot must be null exactly when dirDepth is 0")
+        rest = fields[6:]
+        metadata = None
+        if rest and rest[0][0] == der.context(0):
+            metadata = bytes(raw[rest[0][1]:rest[0][2]])
+            if len(metadata) > MAX_SNAPSHOT_METADATA:
+                bad("snapshot metadata above 1024 bytes")
+            rest = rest[1:]
+        extra = _extension_fields(raw, rest, 1)
+        if sid == 0 or sid >= next_id or (out and sid <= out[-1].id):
+            bad("snapshot ids must ascend and stay below next_snapshot_id")
+        if name in names:
+            bad(f"duplicate snapshot name {name!r}")
+        names.add(name)
+        out.append(Snapshot(sid, name, ctime, blob_count, depth, root, metadata, extra))
+    if len(out) != count:
+        bad(f"snapshot_count {count} but the table holds {len(out)} records")
+    return out
+
+
+# -- key slot table (spec section 10.1) --------------------------------------
+
+@dataclass(frozen=True)
+class KeySlot:
+    kind: int = 0
+    kdf_time: int = 0
+    kdf_memory: int = 0
+    kdf_lanes: int = 0
+    salt: bytes = bytes(16)
+    nonce: bytes = bytes(12)
+    wrapped_key: bytes = bytes(32)
+    wrap_tag: bytes = bytes(16)
+
+    @property
+    def in_use(self) -> bool:
+        return self.kind != 0
+
+    def encode(self) -> bytes:
+        return struct.pack("<B3xIII16s12s32s16s4x", self.kind, self.kdf_time, self.kdf_memory, self.kdf_lanes,
+                           self.salt, self.nonce, self.wrapped_key, self.wrap_tag)
+
+
+KEYSLOT_KINDS = {0: "empty", 1: "argon2id", 2: "scrypt", 3: "keyfile"}
+
+
+def encode_keyslots(slots, geo: Geometry) -> bytes:
+    head = struct.pack("<4sHHI20x", KEYSLOT_MAGIC, 1, NUM_KEYSLOTS, 1)
+    return (head + b"".join(s.encode() for s in slots)).ljust(geo.cluster_size, b"\0")
+
+
+def decode_keyslots(raw) -> list[KeySlot]:
+    magic, version, num, cipher = struct.unpack_from("<4sHHI", raw, 0)
+
+    def bad(why):
+        raise_code("key.slot_damaged", why)
+
+    if magic != KEYSLOT_MAGIC or version != 1 or num != NUM_KEYSLOTS or cipher != 1:
+        bad("key slot table header is not NVKS version 1 with 8 AES-256-GCM slots")
+    if any(raw[12:32]) or any(raw[32 + NUM_KEYSLOTS * KEYSLOT_SIZE:]):
+        bad("reserved key slot table bytes are not zero")
+    out = []
+    for i in range(NUM_KEYSLOTS):
+        chunk = raw[32 + i * KEYSLOT_SIZE:32 + (i + 1) * KEYSLOT_SIZE]
+        kind, t, m, p, salt, nonce, wrapped, tag = struct.unpack("<B3xIII16s12s32s16s4x", chunk)
+        if kind not in KEYSLOT_KINDS or any(chunk[1:4]) or any(chunk[92:96]):
+            bad(f"key slot {i} has an unknown kind or non-zero reserved bytes")
+        if kind == 0 and any(chunk):
+            bad(f"empty key slot {i} is not all zero")
+        out.append(KeySlot(kind, t, m, p, salt, nonce, wrapped, tag))
+    if not any(s.in_use for s in out):
+        bad("no key slot is in use")
+    return out
+
+
+__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations",)]
+_ = (field, replace)

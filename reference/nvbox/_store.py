@@ -1,0 +1,473 @@
+"""Clusters over a block device: verified reads, allocation, reference counts.
+
+Theory of operation
+-------------------
+The durable image is the tree reachable from the active commit slot; it is
+never modified in place (R-cow-1).  A transaction keeps, in memory:
+
+* ``counts``   the counts it has changed (cluster index -> new count); every
+               other count is read from the durable refcount tree;
+* ``fresh``    clusters allocated by this transaction: not reachable from the
+               durable slot, so they may be rewritten in place until commit;
+* ``freed``    durable clusters whose count dropped to 0 in this transaction:
+               the durable slot still reaches them, so they must not be
+               written before the commit is durable (R-alloc-2).
+
+The allocator hands out clusters whose count is 0 in both views and that are
+not in ``freed``, lowest first, or grows the image.  On commit the counts are
+written into the refcount tree by a fixpoint loop (R-alloc-4): copying a
+refcount block allocates a cluster, which changes a count, which may dirty
+another block; a block already copied in this transaction is changed in place,
+so the loop ends.
+
+This module knows nothing of blobs or directories: it reads and writes
+clusters of a given kind, and keeps counts.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from array import array
+from collections import OrderedDict
+
+from . import _format as fmt
+from .errors import raise_code
+
+_CACHE_NODES = 4096
+
+
+class Counter:
+    """Statistics a benchmark reports (issue 2): what this handle wrote."""
+
+    def __init__(self):
+        self.clusters_written = 0
+        self.clusters_read = 0
+        self.bytes_written = 0
+        self.flushes = 0
+        self.commits = 0
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+class ClusterStore:
+    """Reads, writes and counts clusters of one image.
+
+    Args:
+        dev: the block device.
+        header: the decoded header.
+        slot: the durable commit slot.
+        cipher: an object with ``encrypt(offset, kind, data) -> (ct, nonce, tag)``
+            and ``decrypt(offset, kind, ct, nonce, tag) -> data``, or None.
+    """
+
+    def __init__(self, dev, header: fmt.Header, slot: fmt.Slot, cipher=None):
+        self.dev = dev
+        self.header = header
+        self.geo = fmt.Geometry(header.cluster_bits, slot.encrypted)
+        self.cipher = cipher
+        self.stats = Counter()
+        self._cache: OrderedDict = OrderedDict()
+        self.reset(slot)
+
+    # -- transaction state ---------------------------------------------------
+
+    def reset(self, slot: fmt.Slot) -> None:
+        """Forget the transaction; the durable state is ``slot``."""
+        self.durable = slot
+        self.image_clusters = slot.image_clusters
+        self.refcount_root = slot.refcount_root
+        self.refcount_depth = slot.refcount_depth
+        self.counts: dict[int, int] = {}
+        self.fresh: set[int] = set()
+        self.freed: set[int] = set()
+        # Allocator: a heap of candidate free clusters found by scanning durable
+        # refcount blocks, and the next block to scan.
+        self._candidates: list[int] = []
+        self._candidate_set: set[int] = set()
+        self._scan_block = 0
+        # Refcount nodes copied in this transaction: block index -> counts, and
+        # (level, index) -> pointer list, with the cluster each will occupy.
+        self._ref_leaves: dict[int, array] = {}
+        self._ref_index: dict[tuple[int, int], list] = {}
+        self._ref_home: dict[tuple[int, int], int] = {}
+
+    def end_transaction(self, slot: fmt.Slot) -> None:
+        """After a durable commit: freed clusters become allocatable (R-alloc-2)."""
+        candidates = [c for c in self.freed if c < slot.image_clusters]
+        scan_block, old = self._scan_block, self._candidates
+        self.reset(slot)
+        self._scan_block = scan_block
+        for c in old + candidates:
+            if c < slot.image_clusters and c not in self._candidate_set:
+                self._candidate_set.add(c)
+                self._candidates.append(c)
+        heapq.heapify(self._candidates)
+
+    # -- verified cluster I/O (R-ptr-2..4) -------------------------------------
+
+    def check_pointer(self, ptr: fmt.Pointer) -> None:
+        fmt.check_pointer(ptr, self.geo, self.image_clusters)
+
+    def read_raw(self, ptr: fmt.Pointer, kind: int) -> bytes:
+        """The plaintext of the cluster ``ptr`` names, after every check."""
+        self.check_pointer(ptr)
+        size = self.geo.cluster_size
+        data = self.dev.read(ptr.offset, size)
+        self.stats.clusters_read += 1
+        if len(data) != size:
+            raise_code("image.truncated", f"cluster at {ptr.offset} lies past the end of the file")
+        if fmt.crc32c(data) != ptr.crc:
+            raise_code("cluster.checksum", f"cluster at offset {ptr.offset} does not match its checksum")
+        if self.cipher is not None and kind != 0:
+            data = self.cipher.decrypt(ptr.offset, kind, data, ptr.nonce, ptr.tag)
+        return data
+
+    def read_cached(self, ptr: fmt.Pointer, kind: int, decode):
+        """Decode a durable node through a small LRU cache keyed by the pointer."""
+        key = (ptr.offset, ptr.crc, ptr.tag, kind)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        value = decode(self.read_raw(ptr, kind))
+        self._cache[key] = value
+        if len(self._cache) > _CACHE_NODES:
+            self._cache.popitem(last=False)
+        return value
+
+    def seal(self, index: int, kind: int, data: bytes) -> tuple[bytes, fmt.Pointer]:
+        """Encrypt (when the image is encrypted) and checksum a cluster for ``index``."""
+        offset = index << self.geo.cluster_bits
+        if self.cipher is not None and kind != 0:
+            data, nonce, tag = self.cipher.encrypt(offset, kind, data)
+            return data, fmt.Pointer(offset, fmt.crc32c(data), nonce, tag)
+        return data, fmt.Pointer(offset, fmt.crc32c(data))
+
+    def write_cluster(self, index: int, kind: int, data: bytes) -> fmt.Pointer:
+        """Write one fresh cluster (R-cow-1: never a durable one)."""
+        assert index in self.fresh, "writing a cluster this transaction does not own"
+        if len(data) < self.geo.cluster_size:
+            data = data.ljust(self.geo.cluster_size, b"\0")
+        sealed, ptr = self.seal(index, kind, data)
+        self.dev.write(ptr.offset, sealed)
+        self.stats.clusters_written += 1
+        self.stats.bytes_written += len(sealed)
+        return ptr
+
+    def write_run(self, first: int, kind: int, chunks: list) -> list[fmt.Pointer]:
+        """Write contiguous fresh clusters ``first..`` with one device write."""
+        sealed, ptrs = [], []
+        for i, chunk in enumerate(chunks):
+            assert first + i in self.fresh
+            if len(chunk) < self.geo.cluster_size:
+                chunk = bytes(chunk).ljust(self.geo.cluster_size, b"\0")
+            s, p = self.seal(first + i, kind, chunk)
+            sealed.append(s)
+            ptrs.append(p)
+        payload = b"".join(sealed)
+        self.dev.write(first << self.geo.cluster_bits, payload)
+        self.stats.clusters_written += len(chunks)
+        self.stats.bytes_written += len(payload)
+        return ptrs
+
+    # -- counts ----------------------------------------------------------------
+
+    def count(self, index: int) -> int:
+        c = self.counts.get(index)
+        if c is not None:
+            return c
+        return self.durable_count(index)
+
+    def durable_count(self, index: int) -> int:
+        if index >= self.durable.image_clusters:
+            return 0
+        block = self._durable_block(index // self.geo.counts_per_block)
+        return 0 if block is None else block[index % self.geo.counts_per_block]
+
+    def _durable_block(self, k: int):
+        """Counts of durable refcount block ``k`` (None if it is a hole)."""
+        ptr = self._durable_ref_pointer(k)
+        if ptr is None:
+            return None
+        return self.read_cached(ptr, fmt.KIND_REFBLOCK, lambda raw: array("H", raw))
+
+    def _durable_ref_pointer(self, k: int):
+        slot = self.durable
+        ptr, level = slot.refcount_root, slot.refcount_depth
+        geo = self.geo
+        if ptr.is_null:  # only while create bootstraps the first tree
+            return None
+        while level > 1:
+            span = geo.fanout ** (level - 2)       # blocks per child
+            node = self.read_cached(ptr, fmt.KIND_REFINDEX, lambda raw: fmt.decode_pointers(raw, geo))
+            i = k // span
+            if i >= geo.fanout:
+                return None
+            ptr = node[i]
+            k %= span
+            if ptr.is_null:
+                return None
+            level -= 1
+        return ptr
+
+    def set_count(self, index: int, value: int) -> None:
+        if value > fmt.MAX_REFCOUNT:
+            raise_code("refcount.overflow", f"cluster {index} would be referenced {value} times")
+        self.counts[index] = value
+
+    def incref(self, ptr: fmt.Pointer) -> None:
+        if not ptr.is_null:
+            i = ptr.offset >> self.geo.cluster_bits
+            self.set_count(i, self.count(i) + 1)
+
+    def decref(self, ptr: fmt.Pointer) -> int:
+        """Drop one reference; return the new count.  A cluster reaching 0 is freed."""
+        i = ptr.offset >> self.geo.cluster_bits
+        c = self.count(i)
+        if c <= 0:
+            raise_code("refcount.tree", f"cluster {i} is referenced but its count is already 0")
+        self.set_count(i, c - 1)
+        if c == 1:
+            self._release(i)
+        return c - 1
+
+    def _release(self, i: int) -> None:
+        if i in self.fresh:
+            # Never durable: reusable at once.
+            self.fresh.discard(i)
+            self._add_candidate(i)
+        else:
+            self.freed.add(i)
+
+    def is_fresh(self, ptr: fmt.Pointer) -> bool:
+        return (ptr.offset >> self.geo.cluster_bits) in self.fresh
+
+    # -- allocation (R-alloc-1..3) ----------------------------------------------
+
+    def _add_candidate(self, i: int) -> None:
+        if i not in self._candidate_set:
+            self._candidate_set.add(i)
+            heapq.heappush(self._candidates, i)
+
+    def _scan_more(self) -> bool:
+        """Scan the next durable refcount block for free clusters; False at the end."""
+        per = self.geo.counts_per_block
+        limit = self.durable.image_clusters
+        while self._scan_block * per < limit:
+            k = self._scan_block
+            self._scan_block += 1
+            block = self._durable_block(k)
+            base = k * per
+            found = False
+            end = min(per, limit - base)
+            if block is None:
+                rng = range(end)
+            else:
+                rng = (j for j in range(end) if block[j] == 0)
+            for j in rng:
+                c = base + j
+                if c >= self.geo.header_clusters:
+                    self._add_candidate(c)
+                    found = True
+            if found:
+                return True
+        return False
+
+    def _usable(self, c: int) -> bool:
+        return c not in self.freed and c not in self.fresh and self.count(c) == 0
+
+    def allocate(self, n: int = 1) -> int:
+        """Allocate ``n`` contiguous clusters (n > 1 only at the end of the image
+        or from adjacent candidates); return the first index."""
+        if n == 1:
+            while True:
+                while self._candidates:
+                    c = heapq.heappop(self._candidates)
+                    self._candidate_set.discard(c)
+                    if c < self.image_clusters and self._usable(c):
+                        self._take(c)
+                        return c
+                if not self._scan_more():
+                    break
+        return self._grow(n)
+
+    def allocate_many(self, n: int) -> list[tuple[int, int]]:
+        """Allocate ``n`` clusters as few contiguous runs: [(first, length), ...]."""
+        runs = []
+        while n > 0:
+            if not self._candidates:
+                self._scan_more()
+            if not self._candidates:
+                runs.append((self._grow(n), n))
+                break
+            first = self.allocate(1)
+            length = 1
+            while length < n and self._candidates and self._candidates[0] == first + length \
+                    and self._usable(first + length):
+                heapq.heappop(self._candidates)
+                self._candidate_set.discard(first + length)
+                self._take(first + length)
+                length += 1
+            runs.append((first, length))
+            n -= length
+        return runs
+
+    def _grow(self, n: int) -> int:
+        first = self.image_clusters
+        new_total = first + n
+        cap = self.header.capacity_clusters
+        if cap and new_total > cap:
+            raise_code("space.exhausted",
+                       f"the fixed image holds {cap} clusters; this change needs {new_total}")
+        if new_total > fmt.MAX_IMAGE_CLUSTERS:
+            raise_code("space.exhausted", "the image would exceed 2^40 clusters")
+        self.image_clusters = new_total
+        for c in range(first, new_total):
+            self._take(c)
+        return first
+
+    def _take(self, c: int) -> None:
+        self.fresh.add(c)
+        self.set_count(c, 1)
+
+    # -- committing the refcount tree (R-alloc-4) -------------------------------
+
+    def flush_refcounts(self) -> None:
+        """Apply ``counts`` to the refcount tree (copy-on-write, fixpoint) and
+        write the changed refcount nodes.  Sets ``refcount_root``/``depth``."""
+        geo = self.geo
+        per = geo.counts_per_block
+        applied: dict[int, int] = {}
+        while True:
+            # The tree must cover every cluster, including those this loop adds.
+            while geo.refcount_coverage(self.refcount_depth) < self.image_clusters:
+                self._add_refcount_level()
+            pending = [(i, c) for i, c in self.counts.items() if applied.get(i) != c]
+            if not pending:
+                homeless = [key for key in self._all_ref_nodes() if key not in self._ref_home]
+                if not homeless:
+                    break
+                for key in homeless:
+                    self._ref_home[key] = self.allocate(1)
+                continue
+            for i, c in pending:
+                leaf = self._ref_leaf(i // per)
+                leaf[i % per] = c
+                applied[i] = c
+        self._write_refcount_nodes()
+
+    def _all_ref_nodes(self):
+        yield from ((1, k) for k in self._ref_leaves)
+        yield from self._ref_index
+
+    def _add_refcount_level(self) -> None:
+        """Grow the tree by one level: a new root whose child 0 is the old root."""
+        geo = self.geo
+        depth = self.refcount_depth
+        if depth >= fmt.MAX_REFCOUNT_DEPTH:
+            raise_code("space.exhausted", "the refcount tree cannot grow further")
+        # Materialise the old root as a copied node so its pointer can be rewritten.
+        self._ref_path_node(depth, 0)
+        ptrs = [fmt.NULL] * geo.fanout
+        self._ref_index[(depth + 1, 0)] = ptrs
+        self.refcount_depth = depth + 1
+
+    def _ref_leaf(self, k: int) -> array:
+        leaf = self._ref_leaves.get(k)
+        if leaf is None:
+            self._ref_path_node(1, k)
+            leaf = self._ref_leaves[k]
+        return leaf
+
+    def _ref_path_node(self, level: int, k: int):
+        """Copy (or create) the refcount node at ``level`` covering block/child
+        index ``k``, and every node above it, into this transaction."""
+        key = (level, k)
+        if level == 1 and k in self._ref_leaves:
+            return self._ref_leaves[k]
+        if level > 1 and key in self._ref_index:
+            return self._ref_index[key]
+        geo = self.geo
+        durable_ptr = self._current_ref_pointer(level, k)
+        if durable_ptr is not None and not durable_ptr.is_null:
+            kind = fmt.KIND_REFBLOCK if level == 1 else fmt.KIND_REFINDEX
+            raw = self.read_raw(durable_ptr, kind)
+            node = array("H", raw) if level == 1 else fmt.decode_pointers(raw, geo)
+            # Refcount nodes have exactly one parent: the copy inherits the children.
+            self.decref(durable_ptr)
+        else:
+            node = array("H", bytes(geo.cluster_size)) if level == 1 else [fmt.NULL] * geo.fanout
+        if level == 1:
+            self._ref_leaves[k] = node
+        else:
+            self._ref_index[key] = node
+        if level < self.refcount_depth:
+            self._ref_path_node(level + 1, k // geo.fanout)
+        return node
+
+    def _current_ref_pointer(self, level: int, k: int):
+        """The committed pointer to node (level, k), looked up in copied parents
+        first (a parent copied this transaction holds the durable child pointer)."""
+        geo = self.geo
+        if level == self.refcount_depth:
+            if k != 0:
+                return None
+            root_is_new = self.refcount_depth != self.durable.refcount_depth
+            return None if root_is_new else self.durable.refcount_root
+        parent_key = (level + 1, k // geo.fanout)
+        parent = self._ref_index.get(parent_key)
+        if parent is not None:
+            return parent[k % geo.fanout]
+        if level + 1 == self.refcount_depth and self.refcount_depth != self.durable.refcount_depth:
+            return None
+        parent_ptr = self._current_ref_pointer(level + 1, k // geo.fanout)
+        if parent_ptr is None or parent_ptr.is_null:
+            return None
+        node = self.read_cached(parent_ptr, fmt.KIND_REFINDEX, lambda raw: fmt.decode_pointers(raw, geo))
+        return node[k % geo.fanout]
+
+    def _write_refcount_nodes(self) -> None:
+        geo = self.geo
+        written: dict[tuple[int, int], fmt.Pointer] = {}
+        for k, leaf in self._ref_leaves.items():
+            written[(1, k)] = self.write_cluster(self._ref_home[(1, k)], fmt.KIND_REFBLOCK, leaf.tobytes())
+        for level in range(2, self.refcount_depth + 1):
+            for (lv, k), ptrs in self._ref_index.items():
+                if lv != level:
+                    continue
+                for j in range(geo.fanout):
+                    child = written.get((level - 1, k * geo.fanout + j))
+                    if child is not None:
+                        ptrs[j] = child
+                written[(lv, k)] = self.write_cluster(self._ref_home[(lv, k)], fmt.KIND_REFINDEX,
+                                                      fmt.encode_pointers(ptrs, geo))
+        root = written.get((self.refcount_depth, 0))
+        if root is not None:
+            self.refcount_root = root
+
+    # -- commit ------------------------------------------------------------------
+
+    def write_slot(self, slot: fmt.Slot, mac=None) -> None:
+        """Steps 2-4 of R-commit-1: flush, write the slot, flush."""
+        self.dev.flush()
+        self.stats.flushes += 1
+        if mac is not None:
+            body = slot.encode_unsigned()
+            slot = _with_mac(slot, mac(bytes(body[:476])))
+        raw = slot.encode()
+        self.dev.write(fmt.SLOT_OFFSETS[(slot.generation + 1) % 2], raw)
+        self.stats.bytes_written += len(raw)
+        self.dev.flush()
+        self.stats.flushes += 1
+        self.stats.commits += 1
+
+
+def _with_mac(slot: fmt.Slot, mac: bytes) -> fmt.Slot:
+    from dataclasses import replace
+    return replace(slot, slot_mac=mac)
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)

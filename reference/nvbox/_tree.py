@@ -1,0 +1,459 @@
+"""Cluster maps and the directory B-tree, copy-on-write over a ClusterStore.
+
+A child in a tree is either a ``Pointer`` (durable: immutable, read through the
+store's cache) or an in-memory node object (``MapNode``, ``DirNode``) that this
+transaction copied or created.  In-memory nodes own their children's
+references exactly as a written node would, so writing one at commit changes
+no count, and dropping one drops its children.
+
+Copying a durable node follows R-cow-2 (lazy reference counts): if the node is
+shared (count > 1) every child gains a reference and the node loses one;
+otherwise the copy inherits the children and the node is freed.  Dropping a
+reference follows R-cow-3 and recurses only into clusters whose count reaches
+0, so deleting a snapshot costs what only that snapshot held.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from . import _der as der
+from . import _format as fmt
+from .errors import raise_code
+
+Pointer = fmt.Pointer
+NULL = fmt.NULL
+
+
+class MapNode:
+    """A cluster-map node being changed: ``children`` holds fanout entries."""
+
+    __slots__ = ("children",)
+
+    def __init__(self, children):
+        self.children = children
+
+
+class Blob:
+    """A directory entry being changed (the mutable twin of ``fmt.DirEntry``)."""
+
+    __slots__ = ("name", "size", "inline", "depth", "root", "extra", "key")
+
+    def __init__(self, name, size, inline=None, depth=0, root=NULL, extra=b"", key=None):
+        self.name, self.size, self.inline, self.depth, self.root, self.extra = name, size, inline, depth, root, extra
+        self.key = key or fmt.blob_key(name)
+
+    @classmethod
+    def of(cls, e):
+        return cls(e.name, e.size, e.inline, e.depth, e.root, e.extra)
+
+    def encode(self, width: int, root: Pointer | None = None) -> bytes:
+        ptr = root if root is not None else (self.root if isinstance(self.root, Pointer) else NULL)
+        return fmt.DirEntry(self.name, self.size, self.inline, self.depth, ptr, self.extra).encode(width)
+
+
+class DirNode:
+    """A directory node being changed.  Leaf items are ``Blob``; index items are
+    ``[low_key, child]`` lists."""
+
+    __slots__ = ("level", "items")
+
+    def __init__(self, level, items):
+        self.level, self.items = level, items
+
+    def keys(self):
+        return [it.key for it in self.items] if self.level == 0 else [it[0] for it in self.items]
+
+
+class Trees:
+    """Tree algorithms over one store."""
+
+    def __init__(self, store):
+        self.store = store
+        self.geo = store.geo
+
+    # -- reading durable nodes ----------------------------------------------------
+
+    def map_node(self, ptr: Pointer, kind=fmt.KIND_MAP) -> list:
+        geo = self.geo
+        return self.store.read_cached(ptr, kind, lambda raw: fmt.decode_pointers(raw, geo))
+
+    def dir_node(self, ptr: Pointer, level: int) -> fmt.DirNode:
+        geo = self.geo
+        return self.store.read_cached(ptr, fmt.KIND_DIR, lambda raw: fmt.decode_dir_node(raw, geo, level))
+
+    # -- copy-on-write and drop (R-cow-2, R-cow-3) -----------------------------------
+
+    def _copied(self, ptr: Pointer, children) -> None:
+        store = self.store
+        i = ptr.offset >> self.geo.cluster_bits
+        c = store.count(i)
+        if c > 1:
+            for ch in children:
+                if isinstance(ch, Pointer) and not ch.is_null:
+                    store.incref(ch)
+            store.set_count(i, c - 1)
+        else:
+            store.decref(ptr)
+
+    def map_copy(self, child, level: int, kind=fmt.KIND_MAP) -> MapNode:
+        if isinstance(child, MapNode):
+            return child
+        if child.is_null:
+            return MapNode([NULL] * self.geo.fanout)
+        ptrs = list(self.map_node(child, kind))
+        self._copied(child, ptrs)
+        return MapNode(ptrs)
+
+    def dir_copy(self, child, level: int) -> DirNode:
+        if isinstance(child, DirNode):
+            return child
+        node = self.dir_node(child, level)
+        if level == 0:
+            items = [Blob.of(e) for e in node.items]
+            children = [b.root for b in items if b.inline is None]
+        else:
+            items = [[b.low_key, b.child] for b in node.items]
+            children = [it[1] for it in items]
+        self._copied(child, children)
+        return DirNode(level, items)
+
+    def drop_map(self, child, level: int, kind=fmt.KIND_MAP, data_kind=fmt.KIND_DATA) -> None:
+        """Drop one reference to a map subtree whose root is at ``level`` (0 = data)."""
+        if isinstance(child, MapNode):
+            for ch in child.children:
+                self.drop_map(ch, level - 1, kind, data_kind)
+            return
+        if child.is_null:
+            return
+        if self.store.decref(child) == 0 and level > 0:
+            for ch in self.map_node(child, kind):
+                self.drop_map(ch, level - 1, kind, data_kind)
+
+    def drop_blob(self, blob) -> None:
+        if blob.inline is None:
+            self.drop_map(blob.root, blob.depth)
+
+    def drop_dir(self, child, level: int) -> None:
+        if isinstance(child, DirNode):
+            items = child.items
+        elif child.is_null:
+            return
+        elif self.store.decref(child) == 0:
+            items = self.dir_node(child, level).items
+        else:
+            return
+        for it in items:
+            if level == 0:
+                self.drop_blob(it)
+            else:
+                self.drop_dir(it[1] if isinstance(it, list) else it.child, level - 1)
+
+    # -- cluster maps: reading ------------------------------------------------------
+
+    def map_lookup(self, root, depth: int, index: int, kind=fmt.KIND_MAP):
+        """The data pointer of cluster ``index`` (NULL for a hole)."""
+        F = self.geo.fanout
+        node = root
+        for level in range(depth, 0, -1):
+            if isinstance(node, Pointer):
+                if node.is_null:
+                    return NULL
+                node = self.map_node(node, kind)
+            else:
+                node = node.children
+            node = node[(index // F ** (level - 1)) % F]
+        return node
+
+    def map_read(self, root, depth: int, size: int, offset: int, length: int,
+                 kind=fmt.KIND_MAP, data_kind=fmt.KIND_DATA) -> bytes:
+        if offset >= size or length <= 0:
+            return b""
+        length = min(length, size - offset)
+        cs = self.geo.cluster_size
+        out = bytearray()
+        first, last = offset // cs, (offset + length - 1) // cs
+        for i in range(first, last + 1):
+            ptr = self.map_lookup(root, depth, i, kind)
+            data = bytes(cs) if ptr.is_null else self.store.read_raw(ptr, data_kind)
+            a = offset - i * cs if i == first else 0
+            b = offset + length - i * cs if i == last else cs
+            out += data[a:b]
+        return bytes(out)
+
+    # -- cluster maps: writing ------------------------------------------------------
+
+    def _leaf_slot(self, blob, index: int, kind=fmt.KIND_MAP):
+        """The mutable level-1 node holding cluster ``index`` and the position in it."""
+        F = self.geo.fanout
+        blob.root = self.map_copy(blob.root, blob.depth, kind)
+        node = blob.root
+        for level in range(blob.depth, 1, -1):
+            j = (index // F ** (level - 1)) % F
+            child = self.map_copy(node.children[j], level - 1, kind)
+            node.children[j] = child
+            node = child
+        return node, index % F
+
+    def _grow_depth(self, blob, new_size: int) -> None:
+        want = self.geo.map_depth(new_size)
+        while blob.depth < want:
+            # The old root becomes child 0 of a new root: its reference moves, no count changes.
+            blob.root = MapNode([blob.root] + [NULL] * (self.geo.fanout - 1))
+            blob.depth += 1
+
+    def map_write(self, blob, offset: int, data, kind=fmt.KIND_MAP, data_kind=fmt.KIND_DATA) -> None:
+        """Write ``data`` at ``offset`` of a clustered blob, touching only its clusters."""
+        cs = self.geo.cluster_size
+        end = offset + len(data)
+        old_size = blob.size
+        self._grow_depth(blob, max(end, old_size))
+        blob.size = max(end, old_size)
+        view = memoryview(data)
+        contents = []
+        for i in range(offset // cs, (end - 1) // cs + 1):
+            a = max(offset, i * cs) - i * cs
+            b = min(end, (i + 1) * cs) - i * cs
+            chunk = view[i * cs + a - offset:i * cs + b - offset]
+            if a == 0 and (b == cs or i * cs + b >= old_size):
+                contents.append((i, chunk))  # covers every byte that can be non-zero
+            else:
+                old = self._get_data_ptr(blob, i, kind)
+                base = bytearray(cs) if old.is_null else bytearray(self.store.read_raw(old, data_kind))
+                base[a:b] = chunk
+                contents.append((i, base))
+        self._store_clusters(blob, contents, kind, data_kind)
+
+    def _store_clusters(self, blob, contents, kind, data_kind) -> None:
+        """Make data cluster i of ``blob`` hold each (i, bytes): in place when this
+        transaction wrote it and nobody shares it, else in a new cluster."""
+        store, bits = self.store, self.geo.cluster_bits
+        new_clusters = []
+        for i, content in contents:
+            old = self._get_data_ptr(blob, i, kind)
+            if not old.is_null and store.is_fresh(old) and store.count(old.offset >> bits) == 1:
+                self._set_data_ptr(blob, i, store.write_cluster(old.offset >> bits, data_kind, bytes(content)), kind)
+                continue
+            if not old.is_null:
+                store.decref(old)
+            new_clusters.append((i, content))
+        pos = 0
+        for first, n in store.allocate_many(len(new_clusters)) if new_clusters else ():
+            batch = new_clusters[pos:pos + n]
+            for (i, _), p in zip(batch, store.write_run(first, data_kind, [c for _, c in batch])):
+                self._set_data_ptr(blob, i, p, kind)
+            pos += n
+
+    def _get_data_ptr(self, blob, i: int, kind) -> Pointer:
+        if blob.depth == 0:
+            return blob.root
+        return self.map_lookup(blob.root, blob.depth, i, kind)
+
+    def _set_data_ptr(self, blob, i: int, ptr: Pointer, kind) -> None:
+        if blob.depth == 0:
+            blob.root = ptr
+            return
+        node, j = self._leaf_slot(blob, i, kind)
+        node.children[j] = ptr
+
+    def map_truncate(self, blob, new_size: int, kind=fmt.KIND_MAP, data_kind=fmt.KIND_DATA) -> None:
+        """Shrink or extend a clustered blob (R-map-3 holds afterwards)."""
+        cs = self.geo.cluster_size
+        if new_size >= blob.size:
+            self._grow_depth(blob, new_size)
+            blob.size = new_size
+            return
+        keep = -(-new_size // cs)
+        # Drop every cluster at or beyond `keep`.
+        if blob.depth == 0:
+            if keep == 0:
+                self.drop_map(blob.root, 0)
+                blob.root = NULL
+        else:
+            blob.root = self._trim(blob.root, blob.depth, keep, kind, data_kind)
+        # Zero the tail of the new last cluster.
+        if new_size % cs and keep:
+            i = keep - 1
+            old = self._get_data_ptr(blob, i, kind)
+            if not old.is_null:
+                data = bytearray(self.store.read_raw(old, data_kind))
+                data[new_size % cs:] = bytes(cs - new_size % cs)
+                self._store_clusters(blob, [(i, data)], kind, data_kind)
+        blob.size = new_size
+        # Remove levels the new size no longer needs: child 0 becomes the root.
+        want = self.geo.map_depth(new_size)
+        while blob.depth > want:
+            node = self.map_copy(blob.root, blob.depth, kind)
+            blob.root = node.children[0]
+            blob.depth -= 1
+        if isinstance(blob.root, MapNode) and all(isinstance(c, Pointer) and c.is_null for c in blob.root.children):
+            blob.root = NULL
+
+    def _trim(self, child, level: int, keep: int, kind, data_kind):
+        """Null every pointer for clusters >= keep below ``child`` (level >= 1)."""
+        F = self.geo.fanout
+        span = F ** (level - 1)
+        if isinstance(child, Pointer) and child.is_null:
+            return child
+        if keep <= 0:
+            self.drop_map(child, level, kind, data_kind)
+            return NULL
+        if keep >= span * F:
+            return child
+        node = self.map_copy(child, level, kind)
+        for j in range(F):
+            lo = j * span
+            if lo >= keep:
+                self.drop_map(node.children[j], level - 1, kind, data_kind)
+                node.children[j] = NULL
+            elif keep < lo + span and level > 1:
+                node.children[j] = self._trim(node.children[j], level - 1, keep - lo, kind, data_kind)
+        return node
+
+    # -- writing in-memory trees at commit -----------------------------------------------
+
+    def flush_map(self, child, level: int, kind=fmt.KIND_MAP) -> Pointer:
+        if isinstance(child, Pointer):
+            return child
+        ptrs = [self.flush_map(ch, level - 1, kind) for ch in child.children]
+        if all(p.is_null for p in ptrs):
+            return NULL
+        store = self.store
+        return store.write_cluster(store.allocate(1), kind, fmt.encode_pointers(ptrs, self.geo))
+
+    def flush_dir(self, child, level: int) -> Pointer:
+        if isinstance(child, Pointer):
+            return child
+        width = self.geo.pointer_size
+        if level == 0:
+            for b in child.items:
+                if b.inline is None:
+                    b.root = self.flush_map(b.root, b.depth)
+            body = der.sequence(*(b.encode(width) for b in child.items))
+            items = child.items
+        else:
+            for it in child.items:
+                it[1] = self.flush_dir(it[1], level - 1)
+            items = [fmt.DirBranch(k, c) for k, c in child.items]
+            body = der.sequence(*(b.encode(width) for b in items))
+        raw = fmt.encode_dir_node(level, items, self.geo, body)
+        store = self.store
+        return store.write_cluster(store.allocate(1), fmt.KIND_DIR, raw)
+
+    # -- directory: reading ----------------------------------------------------------------
+
+    def dir_lookup(self, root, depth: int, name: str, key: bytes | None = None):
+        """The entry named ``name`` (a DirEntry or Blob) or None."""
+        if depth == 0:
+            return None
+        key = key or fmt.blob_key(name)
+        node, level = root, depth - 1
+        while True:
+            items, keys = self._items(node, level)
+            if level == 0:
+                i = bisect.bisect_left(keys, key)
+                if i < len(keys) and keys[i] == key:
+                    return items[i]
+                return None
+            i = bisect.bisect_right(keys, key) - 1
+            node = items[i][1] if isinstance(items[i], list) else items[i].child
+            level -= 1
+
+    def _items(self, node, level):
+        if isinstance(node, DirNode):
+            return node.items, node.keys()
+        n = self.dir_node(node, level)
+        return n.items, n.keys()
+
+    def dir_iter(self, root, depth: int):
+        """Every entry, in key order."""
+        if depth == 0:
+            return
+        stack = [(root, depth - 1)]
+        while stack:
+            node, level = stack.pop()
+            items, _ = self._items(node, level)
+            if level == 0:
+                yield from items
+            else:
+                for it in reversed(items):
+                    stack.append((it[1] if isinstance(it, list) else it.child, level - 1))
+
+    # -- directory: writing ------------------------------------------------------------------
+
+    def dir_path(self, state, key: bytes):
+        """Copy the path to the leaf for ``key``; return [(node, index_in_parent)]."""
+        if state.dir_depth == 0:
+            state.dir_root = DirNode(0, [])
+            state.dir_depth = 1
+        state.dir_root = self.dir_copy(state.dir_root, state.dir_depth - 1)
+        path = [(state.dir_root, -1)]
+        node = state.dir_root
+        while node.level > 0:
+            keys = node.keys()
+            i = bisect.bisect_right(keys, key) - 1
+            child = self.dir_copy(node.items[i][1], node.level - 1)
+            node.items[i][1] = child
+            path.append((child, i))
+            node = child
+        return path
+
+    def dir_fix(self, state, path) -> None:
+        """Restore the node size bounds along ``path`` after a leaf changed (R-dir-5)."""
+        width = self.geo.pointer_size
+        limit = self.geo.dir_body_max
+        for depth_i in range(len(path) - 1, -1, -1):
+            node, idx = path[depth_i]
+            parent = path[depth_i - 1][0] if depth_i else None
+            if not node.items:
+                if parent is None:
+                    state.dir_root, state.dir_depth = NULL, 0
+                    return
+                del parent.items[idx]
+                if idx == 0 and parent.items:
+                    parent.items[0][0] = b""
+                continue
+            groups = self._split(node, width, limit)
+            if len(groups) == 1:
+                continue
+            first_low = b"" if parent is None else parent.items[idx][0]
+            new_nodes = [DirNode(node.level, g) for g in groups]
+            branches = [[first_low if j == 0 else n.keys()[0], n] for j, n in enumerate(new_nodes)]
+            if parent is None:
+                state.dir_root = DirNode(node.level + 1, branches)
+                state.dir_depth += 1
+                if state.dir_depth > fmt.MAX_DIR_DEPTH:
+                    raise_code("blob.limit", "the directory would exceed 16 levels")
+                path.insert(0, (state.dir_root, -1))
+                # Re-check the new root on the next pass (it holds few branches).
+                return self.dir_fix(state, [(state.dir_root, -1)])
+            parent.items[idx:idx + 1] = branches
+        # Collapse a root index node that has a single child.
+        while state.dir_depth > 1:
+            root = state.dir_root
+            if not isinstance(root, DirNode) or len(root.items) != 1:
+                break
+            state.dir_root = root.items[0][1]
+            state.dir_depth -= 1
+
+    def _split(self, node: DirNode, width: int, limit: int):
+        if node.level == 0:
+            sizes = [len(b.encode(width, NULL)) for b in node.items]
+        else:
+            sizes = [len(fmt.DirBranch(k, NULL).encode(width)) for k, _ in node.items]
+        total = sum(sizes)
+        if len(der.encode_length(total)) + 1 + total <= limit:
+            return [node.items]
+        # Split into pieces of about equal encoded size, each within the limit.
+        room = limit - 4
+        pieces = -(-total // room)
+        target = -(-total // pieces)
+        groups, current, used = [], [], 0
+        for item, s in zip(node.items, sizes):
+            if current and (used + s > room or used >= target):
+                groups.append(current)
+                current, used = [], 0
+            current.append(item)
+            used += s
+        groups.append(current)
+        return groups

@@ -1,0 +1,728 @@
+"""The nvbox image: create, open, blobs, transactions, snapshots.
+
+``Image`` wires the layers together: the header and commit slots (``_format``),
+the cluster store (``_store``) and the trees (``_tree``).  Every mutating call
+is one atomic, durable commit, unless it runs inside ``with
+image.transaction():``, whose changes commit together when the block ends.  A
+failure abandons the transaction and returns the handle to the last durable
+commit (R-commit-4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+import uuid
+from dataclasses import dataclass, replace
+
+from . import _format as fmt
+from ._store import ClusterStore
+from ._tree import NULL, Blob, DirNode, MapNode, Trees
+from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
+from .errors import NvboxError, raise_code
+
+__all__ = ["Image", "BlobStat", "BlobIO", "SnapshotInfo", "create", "open_image", "parse_size"]
+
+_READ_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    name: str
+    size: int
+    inline: bool
+    depth: int
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    id: int
+    name: str
+    create_time: int
+    blob_count: int
+    metadata: bytes | None
+
+
+def parse_size(text) -> int:
+    """'64M', '1g', '4096' -> bytes (binary units, as qemu-img)."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().lower().rstrip("b").rstrip("i")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        return int(s)
+    except ValueError:
+        raise_code("usage.argument", f"not a size: {text!r}")
+
+
+class _DirState:
+    """The active directory while a transaction changes it."""
+
+    __slots__ = ("dir_root", "dir_depth", "blob_count")
+
+    def __init__(self, root, depth, count):
+        self.dir_root, self.dir_depth, self.blob_count = root, depth, count
+
+
+class Image:
+    """An open nvbox image.  Use ``nvbox.create`` or ``nvbox.open``.
+
+    Dict-like: ``img[name] = data``, ``img[name]``, ``del img[name]``,
+    ``name in img``, ``len(img)``, iteration over names.
+    """
+
+    def __init__(self, dev: BlockDevice, writable: bool, key=None, path: str | None = None):
+        self.path = path
+        self.writable = writable
+        self.counting = dev if isinstance(dev, CountingDevice) else CountingDevice(dev)
+        self.dev = self.counting
+        self._key = key
+        self._closed = False
+        self._txn_depth = 0
+        self._load()
+
+    # -- opening ---------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Read the header and the newest valid slot (R-header-9, R-slot-2..6)."""
+        raw = self.dev.read(0, fmt.HEADER_AREA)
+        self.header = fmt.decode_header(raw)
+        slots = []
+        for index, off in enumerate(fmt.SLOT_OFFSETS):
+            body = raw[off:off + fmt.SECTOR]
+            if fmt.slot_is_valid(body, index):
+                slots.append(body)
+        slots.sort(key=lambda b: int.from_bytes(b[8:16], "little"), reverse=True)
+        if not slots:
+            raise_code("slot.none_valid", "neither commit slot is valid")
+        self.cipher = None
+        chosen = None
+        for body in slots:
+            slot = fmt.decode_slot(body, self.header)
+            if slot.encrypted:
+                from . import crypto
+                cipher = crypto.unlock(self, slot, self._key)
+                if not cipher.verify_slot(body):
+                    continue
+                self.cipher = cipher
+            chosen = slot
+            break
+        if chosen is None:
+            raise_code("slot.none_valid", "no commit slot passes authentication")
+        size = self.dev.size()
+        if size < chosen.image_clusters << self.header.cluster_bits:
+            raise_code("image.truncated",
+                       f"the file holds {size} bytes; the image needs {chosen.image_clusters} clusters")
+        self.slot = chosen
+        self.store = ClusterStore(self.dev, self.header, chosen, self.cipher)
+        self.geo = self.store.geo
+        self.trees = Trees(self.store)
+        self._begin_state()
+
+    def _begin_state(self) -> None:
+        slot = self.slot
+        self.state = _DirState(slot.dir_root, slot.dir_depth, slot.blob_count)
+        self._snapshots = None          # loaded on demand
+        self._snap_dirty = False
+        self._next_snapshot_id = slot.next_snapshot_id
+        self._keyslots_dirty = None
+        self._changed = False
+
+    def _recover(self) -> None:
+        """Back to the last durable commit after a failure (R-commit-4)."""
+        stats = self.store.stats
+        try:
+            self._load()
+        except NvboxError:
+            self._closed = True
+            raise
+        self.store.stats = stats
+
+    def _refresh_reader(self) -> bool:
+        """A reader: re-read the slots; True if a newer commit appeared (R-lock-2)."""
+        old = self.slot.generation
+        stats = self.store.stats
+        self._load()
+        self.store.stats = stats
+        return self.slot.generation != old
+
+    def _reading(self, fn, *args):
+        """Run a read; a reader retries from a newer commit on checksum errors."""
+        self._check_open()
+        for attempt in range(_READ_RETRIES):
+            try:
+                return fn(*args)
+            except NvboxError as exc:
+                if self.writable or exc.code not in ("cluster.checksum", "cluster.auth") \
+                        or attempt == _READ_RETRIES - 1 or not self._refresh_reader():
+                    raise
+
+    # -- transactions ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise_code("image.closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if not self.writable:
+            raise_code("image.readonly")
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Group changes into one atomic commit.  Nested blocks join the outer one.
+
+        Raises:
+            NvboxError: from any change, after which nothing of the block is committed.
+        """
+        self._check_writable()
+        self._txn_depth += 1
+        try:
+            yield self
+        except BaseException:
+            self._txn_depth -= 1
+            if self._txn_depth == 0:
+                self._recover()
+            raise
+        self._txn_depth -= 1
+        if self._txn_depth == 0:
+            self._commit_or_recover()
+
+    @contextlib.contextmanager
+    def _change(self):
+        """One mutating call: its own commit outside a transaction."""
+        self._check_writable()
+        if self._txn_depth:
+            self._changed = True
+            yield
+            return
+        try:
+            self._changed = True
+            yield
+        except BaseException:
+            self._recover()
+            raise
+        self._commit_or_recover()
+
+    def _commit_or_recover(self) -> None:
+        try:
+            self._commit()
+        except BaseException:
+            self._recover()
+            raise
+
+    def _commit(self) -> None:
+        """R-commit-1: trees, refcounts, flush, slot, flush."""
+        if not self._changed:
+            return
+        trees, store, state = self.trees, self.store, self.state
+        dir_root = trees.flush_dir(state.dir_root, state.dir_depth - 1) if state.dir_depth else NULL
+        slot = self.slot
+        snaptable_root, snaptable_depth, snaptable_size = slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size
+        if self._snap_dirty:
+            snaptable_root, snaptable_depth, snaptable_size = self._write_snapshot_table()
+        keyslots = slot.keyslots
+        if self._keyslots_dirty is not None:
+            keyslots = self._keyslots_dirty(store)
+        store.flush_refcounts()
+        if store.dev.size() < store.image_clusters << self.geo.cluster_bits:
+            store.dev.truncate(store.image_clusters << self.geo.cluster_bits)
+        new = fmt.Slot(
+            generation=slot.generation + 1,
+            incompatible_features=slot.incompatible_features,
+            compatible_features=slot.compatible_features,            # R-feature-2: kept
+            autoclear_features=slot.autoclear_features & fmt.KNOWN_AUTOCLEAR,  # R-feature-3
+            image_clusters=store.image_clusters,
+            blob_count=state.blob_count,
+            next_snapshot_id=self._next_snapshot_id,
+            commit_time=int(time.time()),
+            refcount_depth=store.refcount_depth,
+            dir_depth=state.dir_depth,
+            snaptable_depth=snaptable_depth,
+            snapshot_count=len(self._snapshots) if self._snapshots is not None else slot.snapshot_count,
+            snaptable_size=snaptable_size,
+            refcount_root=store.refcount_root,
+            dir_root=dir_root,
+            snaptable_root=snaptable_root,
+            keyslots=keyslots,
+        )
+        store.write_slot(new, self.cipher.slot_mac if self.cipher else None)
+        self.slot = new
+        store.end_transaction(new)
+        self._begin_state()
+
+    # -- blobs: reading -----------------------------------------------------------------
+
+    def _entry(self, name):
+        name = fmt.check_name(name)
+        e = self.trees.dir_lookup(self.state.dir_root, self.state.dir_depth, name)
+        if e is None:
+            raise_code("blob.not_found", f"no blob named {name!r}")
+        return e
+
+    def _read_entry(self, e, offset=0, length=None):
+        if length is None:
+            length = e.size - offset
+        if e.inline is not None:
+            return bytes(e.inline[offset:offset + length])
+        return self.trees.map_read(e.root, e.depth, e.size, offset, length)
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except NvboxError as exc:
+            if exc.code == "blob.not_found":
+                return default
+            raise
+
+    def read(self, name, offset: int = 0, length: int | None = None) -> bytes:
+        """``length`` bytes of blob ``name`` from ``offset`` (to the end by default)."""
+        if offset < 0 or (length is not None and length < 0):
+            raise_code("usage.argument", "negative offset or length")
+        return self._reading(lambda: self._read_entry(self._entry(name), offset, length))
+
+    def __getitem__(self, name) -> bytes:
+        return self.read(name)
+
+    def stat(self, name) -> BlobStat:
+        e = self._reading(self._entry, name)
+        return BlobStat(e.name, e.size, e.inline is not None, e.depth)
+
+    def __contains__(self, name) -> bool:
+        try:
+            self.stat(name)
+            return True
+        except NvboxError as exc:
+            if exc.code in ("blob.not_found", "blob.name"):
+                return False
+            raise
+
+    def names(self) -> list[str]:
+        """Every blob name, sorted."""
+        return sorted(self._reading(lambda: [e.name for e in self.trees.dir_iter(self.state.dir_root,
+                                                                                 self.state.dir_depth)]))
+
+    keys = names
+
+    def items(self):
+        for name in self.names():
+            yield name, self[name]
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        self._check_open()
+        return self.state.blob_count
+
+    def entries(self):
+        """Every entry (name, size, inline, depth) in key order, without reading data."""
+        return [BlobStat(e.name, e.size, e.inline is not None, e.depth)
+                for e in self.trees.dir_iter(self.state.dir_root, self.state.dir_depth)]
+
+    # -- blobs: writing ------------------------------------------------------------------
+
+    def _leaf_for(self, name):
+        name = fmt.check_name(name)
+        key = fmt.blob_key(name)
+        path = self.trees.dir_path(self.state, key)
+        leaf = path[-1][0]
+        keys = leaf.keys()
+        import bisect
+        i = bisect.bisect_left(keys, key)
+        found = i < len(keys) and keys[i] == key
+        return name, key, path, leaf, i, found
+
+    def put(self, name, data) -> None:
+        """Store ``data`` (bytes-like) as blob ``name``, replacing any old contents."""
+        data = bytes(data)
+        if len(data) > fmt.MAX_BLOB_SIZE:
+            raise_code("blob.too_large")
+        with self._change():
+            name, key, path, leaf, i, found = self._leaf_for(name)
+            extra = b""
+            if found:
+                old = leaf.items[i]
+                extra = old.extra  # R-dir-4: unknown fields survive a rewrite
+                self.trees.drop_blob(old)
+            blob = Blob(name, 0, b"", key=key, extra=extra)
+            self._fill(blob, data)
+            if found:
+                leaf.items[i] = blob
+            else:
+                leaf.items.insert(i, blob)
+                self.state.blob_count += 1
+            self.trees.dir_fix(self.state, path)
+
+    __setitem__ = put
+
+    def _fill(self, blob, data: bytes) -> None:
+        if len(data) <= self.geo.inline_max:
+            blob.inline, blob.size, blob.depth, blob.root = data, len(data), 0, NULL
+        else:
+            blob.inline, blob.size, blob.depth, blob.root = None, 0, 0, NULL
+            self.trees.map_write(blob, 0, data)
+
+    def delete(self, name) -> None:
+        with self._change():
+            name, key, path, leaf, i, found = self._leaf_for(name)
+            if not found:
+                raise_code("blob.not_found", f"no blob named {name!r}")
+            self.trees.drop_blob(leaf.items.pop(i))
+            self.state.blob_count -= 1
+            self.trees.dir_fix(self.state, path)
+
+    __delitem__ = delete
+
+    def write(self, name, offset: int, data, create: bool = True) -> None:
+        """Write ``data`` at ``offset`` inside blob ``name`` (a partial write touches
+        only the clusters it covers).  Writing past the end extends the blob with zeros."""
+        data = bytes(data)
+        if offset < 0:
+            raise_code("usage.argument", "negative offset")
+        if offset + len(data) > fmt.MAX_BLOB_SIZE:
+            raise_code("blob.too_large")
+        with self._change():
+            name, key, path, leaf, i, found = self._leaf_for(name)
+            if not found:
+                if not create:
+                    raise_code("blob.not_found", f"no blob named {name!r}")
+                leaf.items.insert(i, Blob(name, 0, b"", key=key))
+                self.state.blob_count += 1
+            blob = leaf.items[i]
+            if data:
+                new_size = max(blob.size, offset + len(data))
+                if new_size <= self.geo.inline_max and blob.inline is not None:
+                    buf = bytearray(blob.inline.ljust(new_size, b"\0"))
+                    buf[offset:offset + len(data)] = data
+                    blob.inline, blob.size = bytes(buf), new_size
+                else:
+                    self._uninline(blob)
+                    self.trees.map_write(blob, offset, data)
+            self.trees.dir_fix(self.state, path)
+
+    def _uninline(self, blob) -> None:
+        if blob.inline is not None:
+            content = blob.inline
+            blob.inline, blob.size, blob.depth, blob.root = None, 0, 0, NULL
+            if content:
+                self.trees.map_write(blob, 0, content)
+            blob.size = len(content)
+
+    def truncate(self, name, size: int) -> None:
+        """Set blob ``name``'s size, cutting or extending with zeros."""
+        if size < 0 or size > fmt.MAX_BLOB_SIZE:
+            raise_code("usage.argument" if size < 0 else "blob.too_large")
+        with self._change():
+            name, key, path, leaf, i, found = self._leaf_for(name)
+            if not found:
+                raise_code("blob.not_found", f"no blob named {name!r}")
+            blob = leaf.items[i]
+            if size <= self.geo.inline_max:
+                content = self._read_entry(blob, 0, size).ljust(size, b"\0")
+                self.trees.drop_blob(blob)
+                blob.inline, blob.size, blob.depth, blob.root = content, size, 0, NULL
+            else:
+                self._uninline(blob)
+                self.trees.map_truncate(blob, size)
+            self.trees.dir_fix(self.state, path)
+
+    def open_blob(self, name, mode: str = "rb") -> "BlobIO":
+        """A file-like handle on blob ``name``.  Modes: 'rb', 'r+b', 'wb' (truncate
+        or create), 'ab' (append, create)."""
+        if mode not in ("rb", "r+b", "wb", "ab", "w+b", "a+b"):
+            raise_code("usage.argument", f"unsupported mode {mode!r}")
+        if mode != "rb":
+            self._check_writable()
+            if mode.startswith("w"):
+                with self.transaction():
+                    self.put(name, b"")
+            elif mode.startswith("a") and name not in self:
+                self.put(name, b"")
+        self.stat(name)
+        return BlobIO(self, fmt.check_name(name), mode)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    @property
+    def snapshots(self) -> "Snapshots":
+        from .snapshots import Snapshots
+        return Snapshots(self)
+
+    def _snapshot_list(self):
+        if self._snapshots is None:
+            slot = self.slot
+            raw = self.trees.map_read(slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size,
+                                      0, slot.snaptable_size, data_kind=fmt.KIND_SNAPDATA)
+            self._snapshots = fmt.decode_snapshot_table(raw, self.geo, slot.snapshot_count, slot.next_snapshot_id)
+        return self._snapshots
+
+    def _write_snapshot_table(self):
+        slot = self.slot
+        trees = self.trees
+        if not slot.snaptable_root.is_null:
+            trees.drop_map(slot.snaptable_root, slot.snaptable_depth, data_kind=fmt.KIND_SNAPDATA)
+        raw = fmt.encode_snapshot_table(self._snapshots, self.geo.pointer_size)
+        if not raw:
+            return NULL, 0, 0
+        if len(raw) > fmt.MAX_SNAPTABLE:
+            raise_code("snapshot.limit", "the snapshot table would exceed 2 MiB")
+        holder = Blob("snapshot-table", 0, None)
+        trees.map_write(holder, 0, raw, data_kind=fmt.KIND_SNAPDATA)
+        return trees.flush_map(holder.root, holder.depth), holder.depth, len(raw)
+
+    # -- information --------------------------------------------------------------------------
+
+    @property
+    def cluster_size(self) -> int:
+        return self.geo.cluster_size
+
+    @property
+    def encrypted(self) -> bool:
+        return self.slot.encrypted
+
+    @property
+    def generation(self) -> int:
+        return self.slot.generation
+
+    @property
+    def stats(self) -> dict:
+        """What this handle did: clusters and bytes written, flushes, commits, reads."""
+        s = self.store.stats.as_dict()
+        d = self.counting.stats
+        s.update(device_writes=d.writes, device_bytes_written=d.bytes_written, device_flushes=d.flushes,
+                 device_reads=d.reads, device_bytes_read=d.bytes_read)
+        return s
+
+    def reset_stats(self) -> None:
+        self.store.stats.__init__()
+        self.counting.stats.reset()
+
+    def info(self) -> dict:
+        slot, header = self.slot, self.header
+        used = sum(1 for c in range(slot.image_clusters) if self.store.durable_count(c))
+        return {
+            "format": "nvbox",
+            "version": fmt.VERSION,
+            "path": self.path,
+            "cluster_size": self.geo.cluster_size,
+            "image_uuid": str(uuid.UUID(bytes=header.image_uuid)),
+            "capacity": header.capacity_clusters << header.cluster_bits if header.capacity_clusters else None,
+            "image_clusters": slot.image_clusters,
+            "image_size": slot.image_clusters << header.cluster_bits,
+            "used_clusters": used,
+            "free_clusters": slot.image_clusters - used,
+            "generation": slot.generation,
+            "blob_count": slot.blob_count,
+            "snapshot_count": slot.snapshot_count,
+            "encrypted": slot.encrypted,
+            "incompatible_features": slot.incompatible_features,
+            "compatible_features": slot.compatible_features,
+            "autoclear_features": slot.autoclear_features,
+            "dir_depth": slot.dir_depth,
+            "refcount_depth": slot.refcount_depth,
+            "create_time": header.create_time,
+            "commit_time": slot.commit_time,
+            "extensions": [{"type": e.ext_type, "required": bool(e.ext_flags & 1), "data_hex": e.ext_data.hex()}
+                           for e in header.extensions],
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.dev.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<nvbox.Image {self.path or 'in memory'} gen={self.slot.generation} blobs={self.state.blob_count}>"
+
+
+class BlobIO(io.RawIOBase):
+    """A file-like view of one blob: read, write, seek, tell, truncate.
+
+    Each write is its own commit unless made inside ``image.transaction()``.
+    """
+
+    def __init__(self, image: Image, name: str, mode: str):
+        super().__init__()
+        self.image, self.name, self.mode = image, name, mode
+        self._pos = image.stat(name).size if mode.startswith("a") else 0
+
+    def readable(self):
+        return True
+
+    def writable(self):
+        return self.mode != "rb"
+
+    def seekable(self):
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.image.read(self.name, self._pos, len(b))
+        b[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def write(self, b) -> int:
+        if not self.writable():
+            raise_code("image.readonly", "blob handle opened read-only")
+        if self.mode.startswith("a"):
+            self._pos = self.image.stat(self.name).size
+        data = bytes(b)
+        self.image.write(self.name, self._pos, data, create=False)
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: None}[whence]
+        if base is None:
+            base = self.image.stat(self.name).size
+        if base + offset < 0:
+            raise_code("usage.argument", "seek before the start of the blob")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        self.image.truncate(self.name, size)
+        return size
+
+
+# -- create and open ----------------------------------------------------------------------------
+
+def _initial_image(dev: BlockDevice, cluster_bits: int, capacity_clusters: int, encrypt_setup=None,
+                   creator: str = "nvbox-reference 1.0") -> None:
+    """Write a fresh image: header, refcount block, slot 1 (then slot B stays empty)."""
+    geo = fmt.Geometry(cluster_bits, encrypt_setup is not None)
+    image_uuid = uuid.uuid4().bytes
+    header = fmt.Header(cluster_bits, image_uuid, capacity_clusters, int(time.time()),
+                        extensions=(fmt.Extension(fmt.EXT_CREATOR, 0, creator.encode()),))
+    area = bytearray(max(fmt.HEADER_AREA, geo.header_clusters * geo.cluster_size))
+    area[0:fmt.SECTOR] = header.encode()
+    dev.write(0, bytes(area))
+    # A bootstrap slot (generation 0 is never written): the store's first commit
+    # allocates the refcount tree (and key slots), and writes generation 1.
+    boot = fmt.Slot(generation=0, incompatible_features=fmt.INCOMPAT_ENCRYPTED if encrypt_setup else 0,
+                    image_clusters=geo.header_clusters, refcount_depth=1)
+    store = ClusterStore(dev, header, boot, None)
+    for c in range(geo.header_clusters):
+        store.set_count(c, 1)                     # R-ref-3
+    cipher, keyslots = (None, fmt.NULL)
+    if encrypt_setup is not None:
+        cipher, table = encrypt_setup(header)
+        store.cipher = cipher
+        idx = store.allocate(1)
+        keyslots = store.write_cluster(idx, 0, table)
+    store.flush_refcounts()
+    slot = replace(boot, generation=1, image_clusters=store.image_clusters, refcount_root=store.refcount_root,
+                   refcount_depth=store.refcount_depth, keyslots=keyslots, commit_time=int(time.time()))
+    store.write_slot(slot, cipher.slot_mac if cipher else None)
+
+
+def create(target=None, cluster_size: int = 4096, capacity=None, *, encrypt: bool = False, key=None,
+           overwrite: bool = False) -> Image:
+    """Create an image and return it open for writing.
+
+    Args:
+        target: a path, a ``BlockDevice``, or None for an in-memory image.
+        cluster_size: a power of two from 512 to 2 MiB (default 4 KiB).
+        capacity: fixed size in bytes (or '64M'); None for a growable image.  A path
+            that names an existing block device or preallocated file with
+            ``overwrite=True`` and ``capacity='device'`` uses its current size.
+        encrypt: encrypt the image; ``key`` is a ``nvbox.Key`` (passphrase or key file).
+
+    Raises:
+        NvboxError: ``image.exists``, ``usage.argument``, ``space.exhausted``...
+    """
+    cluster_bits = _cluster_bits(cluster_size)
+    if encrypt and cluster_bits < 10:
+        raise_code("usage.argument", "encrypted images need clusters of at least 1024 bytes")
+    if encrypt and key is None:
+        raise_code("key.missing", "an encrypted image needs a passphrase or key file")
+    path = None
+    if target is None:
+        dev = MemoryDevice(capacity=parse_size(capacity) if capacity not in (None, "device") else None)
+    elif isinstance(target, BlockDevice):
+        dev = target
+    else:
+        path = os.fspath(target)
+        exists = os.path.exists(path)
+        if exists and not overwrite:
+            raise_code("image.exists", f"{path} already exists (use overwrite to reuse a device or file)")
+        fixed = capacity is not None
+        if not exists:
+            dev = FileDevice(path, writable=True, create=True)
+            if capacity not in (None, "device"):
+                dev.truncate(parse_size(capacity))  # preallocate the fixed region
+                dev.make_fixed()
+        else:
+            dev = FileDevice(path, writable=True, fixed=fixed)
+            if not fixed:
+                dev.truncate(0)
+    size_cap = None
+    if capacity is not None:
+        size_cap = dev.size() if capacity == "device" else parse_size(capacity)
+        if dev.size() < size_cap and not dev.growable:
+            raise_code("usage.argument", f"the device holds {dev.size()} bytes, fewer than the capacity {size_cap}")
+    capacity_clusters = (size_cap >> cluster_bits) if size_cap is not None else 0
+    geo = fmt.Geometry(cluster_bits)
+    if capacity_clusters and capacity_clusters < geo.header_clusters + 4:
+        raise_code("space.exhausted", f"a capacity of {size_cap} bytes cannot hold an image")
+    setup = None
+    if encrypt:
+        from . import crypto
+        setup = crypto.setup_for_create(key)
+    _initial_image(dev, cluster_bits, capacity_clusters, setup)
+    dev.flush()
+    return Image(dev, True, key=key, path=path)
+
+
+def _cluster_bits(cluster_size) -> int:
+    cluster_size = parse_size(cluster_size)
+    bits = cluster_size.bit_length() - 1
+    if cluster_size != 1 << bits or not fmt.MIN_CLUSTER_BITS <= bits <= fmt.MAX_CLUSTER_BITS:
+        raise_code("usage.argument", f"cluster size {cluster_size} is not a power of two from 512 to 2 MiB")
+    return bits
+
+
+def open_image(target, mode: str = "r", *, key=None) -> Image:
+    """Open an image: ``mode`` 'r' (read-only, no lock) or 'rw' (the writer's lock).
+
+    Raises:
+        NvboxError: ``image.locked`` when another writer holds the image, any
+        format error code for a damaged image, ``key.missing``/``key.invalid``.
+    """
+    if mode not in ("r", "rw", "r+"):
+        raise_code("usage.argument", f"mode must be 'r' or 'rw', not {mode!r}")
+    writable = mode != "r"
+    if isinstance(target, BlockDevice):
+        return Image(target, writable, key=key)
+    if isinstance(target, (bytes, bytearray)):
+        return Image(MemoryDevice(bytes(target)), writable, key=key)
+    path = os.fspath(target)
+    if not os.path.exists(path):
+        raise_code("io.error", f"{path}: no such file")
+    dev = FileDevice(path, writable=writable)
+    try:
+        # A fixed-capacity image stays fixed: its header says so.
+        head = dev.read(0, fmt.SECTOR)
+        if len(head) == fmt.SECTOR and head[:8] == fmt.MAGIC and int.from_bytes(head[40:48], "little"):
+            dev.make_fixed()
+        return Image(dev, writable, key=key, path=path)
+    except BaseException:
+        dev.close()
+        raise
