@@ -418,7 +418,12 @@ class Trees:
                 continue
             first_low = b"" if parent is None else parent.items[idx][0]
             new_nodes = [DirNode(node.level, g) for g in groups]
-            branches = [[first_low if j == 0 else n.keys()[0], n] for j, n in enumerate(new_nodes)]
+            branches = []
+            for j, n in enumerate(new_nodes):
+                sep = first_low if j == 0 else n.keys()[0]
+                if n.level > 0:
+                    n.items[0][0] = b""  # an index node's first branch has an empty lowKey
+                branches.append([sep, n])
             if parent is None:
                 state.dir_root = DirNode(node.level + 1, branches)
                 state.dir_depth += 1

@@ -1,0 +1,246 @@
+"""Snapshots: create, list, revert, delete, rename, read-only views, diff.
+
+A snapshot is a record in the snapshot table holding a directory root; the
+root's count includes the snapshot's reference (spec section 11).  Creating
+one changes the table and one count, whatever the amount of data: the trees
+are shared, and copied lazily by the first write that touches them (R-cow-2).
+Each operation is one commit, so none may run inside an open transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from . import _format as fmt
+from ._tree import NULL, DirNode
+from .errors import NvboxError, raise_code
+from .image import BlobStat, SnapshotInfo
+
+__all__ = ["Snapshots", "SnapshotView", "diff_trees"]
+
+
+def _info(s: fmt.Snapshot) -> SnapshotInfo:
+    return SnapshotInfo(s.id, s.name, s.create_time, s.blob_count, s.metadata)
+
+
+class Snapshots:
+    """``image.snapshots``: the image's snapshots, by name."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def _records(self):
+        img = self.image
+        img._check_open()
+        return img._reading(img._snapshot_list)
+
+    def _find(self, name) -> fmt.Snapshot:
+        name = fmt.check_name(name, "snapshot.name")
+        for s in self._records():
+            if s.name == name:
+                return s
+        raise_code("snapshot.not_found", f"no snapshot named {name!r}")
+
+    def list(self) -> list[SnapshotInfo]:
+        """Every snapshot, oldest first."""
+        return [_info(s) for s in self._records()]
+
+    def __iter__(self):
+        return iter(self.list())
+
+    def __len__(self) -> int:
+        return len(self._records())
+
+    def __contains__(self, name) -> bool:
+        try:
+            self._find(name)
+            return True
+        except NvboxError as exc:
+            if exc.code in ("snapshot.not_found", "snapshot.name"):
+                return False
+            raise
+
+    def _own_commit(self):
+        img = self.image
+        img._check_writable()
+        if img._txn_depth:
+            raise_code("usage.argument", "snapshot operations are commits of their own; "
+                                         "run them outside a transaction")
+        return img._change()
+
+    def create(self, name, metadata: bytes | None = None) -> SnapshotInfo:
+        """Snapshot the whole image under ``name`` (R-snap-1).
+
+        Raises:
+            NvboxError: ``snapshot.exists``, ``snapshot.limit``, ``snapshot.name``,
+            ``snapshot.metadata``, ``refcount.overflow``.
+        """
+        name = fmt.check_name(name, "snapshot.name")
+        if metadata is not None:
+            metadata = bytes(metadata)
+            if len(metadata) > fmt.MAX_SNAPSHOT_METADATA:
+                raise_code("snapshot.metadata", f"metadata of {len(metadata)} bytes; at most 1024")
+        img = self.image
+        with self._own_commit():
+            records = img._snapshot_list()
+            if any(s.name == name for s in records):
+                raise_code("snapshot.exists", f"a snapshot named {name!r} exists")
+            if len(records) >= fmt.MAX_SNAPSHOTS:
+                raise_code("snapshot.limit", f"the image already holds {fmt.MAX_SNAPSHOTS} snapshots")
+            state = img.state
+            rec = fmt.Snapshot(img._next_snapshot_id, name, int(time.time()), state.blob_count,
+                               state.dir_depth, state.dir_root, metadata)
+            img.store.incref(state.dir_root)
+            img._snapshots = records + [rec]
+            img._next_snapshot_id += 1
+            img._snap_dirty = True
+        return _info(rec)
+
+    def revert(self, name) -> None:
+        """Make the active state equal snapshot ``name``'s; the snapshot stays (R-snap-2)."""
+        img = self.image
+        with self._own_commit():
+            rec = self._find(name)
+            state = img.state
+            img.store.incref(rec.dir_root)      # first, in case both roots are the same node
+            if state.dir_depth:
+                img.trees.drop_dir(state.dir_root, state.dir_depth - 1)
+            state.dir_root, state.dir_depth, state.blob_count = rec.dir_root, rec.dir_depth, rec.blob_count
+
+    def delete(self, name) -> None:
+        """Delete snapshot ``name``, freeing what only it held (R-snap-3)."""
+        img = self.image
+        with self._own_commit():
+            rec = self._find(name)
+            img._snapshots = [s for s in img._snapshot_list() if s.id != rec.id]
+            img._snap_dirty = True
+            if rec.dir_depth:
+                img.trees.drop_dir(rec.dir_root, rec.dir_depth - 1)
+
+    def rename(self, old, new) -> None:
+        img = self.image
+        new = fmt.check_name(new, "snapshot.name")
+        with self._own_commit():
+            rec = self._find(old)
+            if new != rec.name and any(s.name == new for s in img._snapshot_list()):
+                raise_code("snapshot.exists", f"a snapshot named {new!r} exists")
+            img._snapshots = [replace(s, name=new) if s.id == rec.id else s for s in img._snapshot_list()]
+            img._snap_dirty = True
+
+    def view(self, name) -> "SnapshotView":
+        """A read-only view of snapshot ``name``'s blobs."""
+        return SnapshotView(self.image, self._find(name))
+
+
+class SnapshotView:
+    """Dict-like, read-only access to the blobs of one snapshot."""
+
+    def __init__(self, image, record: fmt.Snapshot):
+        self.image, self.record = image, record
+        self.name = record.name
+
+    def _entry(self, name):
+        name = fmt.check_name(name)
+        r = self.record
+        e = self.image.trees.dir_lookup(r.dir_root, r.dir_depth, name)
+        if e is None:
+            raise_code("blob.not_found", f"no blob named {name!r} in snapshot {r.name!r}")
+        return e
+
+    def read(self, name, offset: int = 0, length: int | None = None) -> bytes:
+        img = self.image
+        return img._reading(lambda: img._read_entry(self._entry(name), offset, length))
+
+    __getitem__ = read
+
+    def stat(self, name) -> BlobStat:
+        e = self._entry(name)
+        return BlobStat(e.name, e.size, e.inline is not None, e.depth)
+
+    def names(self) -> list[str]:
+        r = self.record
+        return sorted(e.name for e in self.image.trees.dir_iter(r.dir_root, r.dir_depth))
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __len__(self):
+        return self.record.blob_count
+
+    def __contains__(self, name) -> bool:
+        try:
+            self._entry(name)
+            return True
+        except NvboxError:
+            return False
+
+
+def _same_content(a, b) -> bool:
+    if a.size != b.size or (a.inline is None) != (b.inline is None):
+        return False
+    if a.inline is not None:
+        return a.inline == b.inline
+    return a.depth == b.depth and a.root == b.root
+
+
+def diff_trees(trees, a_root, a_depth, b_root, b_depth) -> dict:
+    """Blobs added, removed and changed from tree A to tree B.
+
+    Identical subtrees (the same pointer) are skipped without being read, so the
+    cost follows the difference, not the size.  A blob counts as changed when
+    its entry differs; blobs whose clusters are shared compare equal unread.
+    """
+    added, removed, changed = [], [], []
+
+    def entries(node, level):
+        return list(trees.dir_iter(node, level + 1))
+
+    def walk(a, al, b, bl):
+        if a == b and al == bl:
+            return
+        if al == bl and al > 0 and not isinstance(a, DirNode) and not isinstance(b, DirNode):
+            na, nb = trees.dir_node(a, al), trees.dir_node(b, bl)
+            ka = [x.low_key for x in na.items]
+            kb = [x.low_key for x in nb.items]
+            if ka == kb:
+                for x, y in zip(na.items, nb.items):
+                    walk(x.child, al - 1, y.child, bl - 1)
+                return
+        ea = {e.name: e for e in entries(a, al)} if al >= 0 else {}
+        eb = {e.name: e for e in entries(b, bl)} if bl >= 0 else {}
+        for n in ea.keys() - eb.keys():
+            removed.append(n)
+        for n in eb.keys() - ea.keys():
+            added.append(n)
+        for n in ea.keys() & eb.keys():
+            if not _same_content(ea[n], eb[n]):
+                changed.append(n)
+
+    if a_depth == 0 and b_depth == 0:
+        pass
+    elif a_depth == 0:
+        added.extend(e.name for e in trees.dir_iter(b_root, b_depth))
+    elif b_depth == 0:
+        removed.extend(e.name for e in trees.dir_iter(a_root, a_depth))
+    else:
+        walk(a_root, a_depth - 1, b_root, b_depth - 1)
+    return {"added": sorted(added), "removed": sorted(removed), "changed": sorted(changed)}
+
+
+def diff(image, a: str, b: str | None = None) -> dict:
+    """Compare snapshot ``a`` with snapshot ``b``, or with the active state."""
+    snaps = image.snapshots
+    ra = snaps._find(a)
+    if b is None:
+        if image._txn_depth:
+            raise_code("usage.argument", "diff against the active state outside a transaction")
+        st = image.state
+        b_root, b_depth = st.dir_root, st.dir_depth
+    else:
+        rb = snaps._find(b)
+        b_root, b_depth = rb.dir_root, rb.dir_depth
+    return image._reading(diff_trees, image.trees, ra.dir_root, ra.dir_depth, b_root, b_depth)
+
+
+_ = NULL
