@@ -227,21 +227,36 @@ class Trees:
     def _store_clusters(self, blob, contents, kind, data_kind) -> None:
         """Make data cluster i of ``blob`` hold each (i, bytes): in place when this
         transaction wrote it and nobody shares it, else in a new cluster."""
-        store, bits = self.store, self.geo.cluster_bits
-        new_clusters = []
+        store, bits, F = self.store, self.geo.cluster_bits, self.geo.fanout
+        new_clusters = []      # (node or None for a depth-0 root, position, content)
+        leaf, leaf_id = None, None
         for i, content in contents:
-            old = self._get_data_ptr(blob, i, kind)
+            if blob.depth == 0:
+                node, j, old = None, 0, blob.root
+            else:
+                if i // F != leaf_id:  # one walk per map leaf, not per cluster
+                    leaf, _ = self._leaf_slot(blob, i, kind)
+                    leaf_id = i // F
+                node, j = leaf, i % F
+                old = node.children[j]
             if not old.is_null and store.is_fresh(old) and store.count(old.offset >> bits) == 1:
-                self._set_data_ptr(blob, i, store.write_cluster(old.offset >> bits, data_kind, bytes(content)), kind)
+                ptr = store.write_cluster(old.offset >> bits, data_kind, bytes(content))
+                if node is None:
+                    blob.root = ptr
+                else:
+                    node.children[j] = ptr
                 continue
             if not old.is_null:
                 store.decref(old)
-            new_clusters.append((i, content))
+            new_clusters.append((node, j, content))
         pos = 0
         for first, n in store.allocate_many(len(new_clusters)) if new_clusters else ():
             batch = new_clusters[pos:pos + n]
-            for (i, _), p in zip(batch, store.write_run(first, data_kind, [c for _, c in batch])):
-                self._set_data_ptr(blob, i, p, kind)
+            for (node, j, _), p in zip(batch, store.write_run(first, data_kind, [c for _, _, c in batch])):
+                if node is None:
+                    blob.root = p
+                else:
+                    node.children[j] = p
             pos += n
 
     def _get_data_ptr(self, blob, i: int, kind) -> Pointer:
