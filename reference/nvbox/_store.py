@@ -79,6 +79,9 @@ class ClusterStore:
         self.image_clusters = slot.image_clusters
         self.refcount_root = slot.refcount_root
         self.refcount_depth = slot.refcount_depth
+        # The refcount root while it is still a committed node (None once the
+        # transaction replaced it by an in-memory node).
+        self._ref_root_ptr = slot.refcount_root
         self.counts: dict[int, int] = {}
         self.fresh: set[int] = set()
         self.freed: set[int] = set()
@@ -332,6 +335,29 @@ class ClusterStore:
         self.fresh.add(c)
         self.set_count(c, 1)
 
+    def shrink_to_fit(self) -> None:
+        """Lower ``image_clusters`` to just past the last cluster in use."""
+        c = self.image_clusters - 1
+        while c >= self.geo.header_clusters and self.count(c) == 0:
+            c -= 1
+        self.image_clusters = c + 1
+
+    def prune_refcount_leaf(self, k: int) -> bool:
+        """Drop refcount block ``k`` when it lies wholly past the image's end (all
+        its counts are 0 there), so a compacted image keeps no dead blocks."""
+        per = self.geo.counts_per_block
+        if self.refcount_depth < 2 or k * per < self.image_clusters or k in self._ref_leaves:
+            return False
+        if any(k * per <= i < (k + 1) * per for i in self.counts):
+            return False
+        parent = self._ref_path_node(2, k // self.geo.fanout)
+        ptr = parent[k % self.geo.fanout]
+        if ptr.is_null:
+            return False
+        parent[k % self.geo.fanout] = fmt.NULL
+        self.decref(ptr)
+        return True
+
     # -- committing the refcount tree (R-alloc-4) -------------------------------
 
     def flush_refcounts(self) -> None:
@@ -370,9 +396,9 @@ class ClusterStore:
             raise_code("space.exhausted", "the refcount tree cannot grow further")
         # Materialise the old root as a copied node so its pointer can be rewritten.
         self._ref_path_node(depth, 0)
-        ptrs = [fmt.NULL] * geo.fanout
-        self._ref_index[(depth + 1, 0)] = ptrs
+        self._ref_index[(depth + 1, 0)] = [fmt.NULL] * geo.fanout
         self.refcount_depth = depth + 1
+        self._ref_root_ptr = None
 
     def _ref_leaf(self, k: int) -> array:
         leaf = self._ref_leaves.get(k)
@@ -409,24 +435,35 @@ class ClusterStore:
 
     def _current_ref_pointer(self, level: int, k: int):
         """The committed pointer to node (level, k), looked up in copied parents
-        first (a parent copied this transaction holds the durable child pointer)."""
+        first (a parent copied this transaction holds the committed child pointer)."""
         geo = self.geo
         if level == self.refcount_depth:
-            if k != 0:
-                return None
-            root_is_new = self.refcount_depth != self.durable.refcount_depth
-            return None if root_is_new else self.durable.refcount_root
-        parent_key = (level + 1, k // geo.fanout)
-        parent = self._ref_index.get(parent_key)
+            return self._ref_root_ptr if k == 0 else None
+        parent = self._ref_index.get((level + 1, k // geo.fanout))
         if parent is not None:
             return parent[k % geo.fanout]
-        if level + 1 == self.refcount_depth and self.refcount_depth != self.durable.refcount_depth:
-            return None
         parent_ptr = self._current_ref_pointer(level + 1, k // geo.fanout)
         if parent_ptr is None or parent_ptr.is_null:
             return None
         node = self.read_cached(parent_ptr, fmt.KIND_REFINDEX, lambda raw: fmt.decode_pointers(raw, geo))
         return node[k % geo.fanout]
+
+    def collapse_refcount_root(self) -> bool:
+        """Drop a root index node whose only child is child 0 when one level less
+        covers the image (compaction shrinks the tree as well as the file)."""
+        geo = self.geo
+        depth = self.refcount_depth
+        if depth < 2 or geo.refcount_coverage(depth - 1) < self.image_clusters \
+                or self._ref_leaves or self._ref_index or self._ref_root_ptr is None:
+            return False
+        root = self._ref_root_ptr
+        children = self.read_cached(root, fmt.KIND_REFINDEX, lambda raw: fmt.decode_pointers(raw, geo))
+        if children[0].is_null or any(not c.is_null for c in children[1:]):
+            return False
+        self.refcount_depth = depth - 1
+        self._ref_root_ptr = self.refcount_root = children[0]
+        self.decref(root)   # child 0 keeps its one reference: from the slot now
+        return True
 
     def _write_refcount_nodes(self) -> None:
         geo = self.geo

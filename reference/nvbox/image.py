@@ -131,6 +131,7 @@ class Image:
         self._next_snapshot_id = slot.next_snapshot_id
         self._keyslots_dirty = None
         self._changed = False
+        self._shrink = False            # compaction: cut image_clusters to the last live cluster
 
     def _recover(self) -> None:
         """Back to the last durable commit after a failure (R-commit-4)."""
@@ -229,6 +230,8 @@ class Image:
         if self._keyslots_dirty is not None:
             keyslots = self._keyslots_dirty(store)
         store.flush_refcounts()
+        if self._shrink:
+            store.shrink_to_fit()
         if store.dev.size() < store.image_clusters << self.geo.cluster_bits:
             store.dev.truncate(store.image_clusters << self.geo.cluster_bits)
         new = fmt.Slot(
@@ -254,6 +257,13 @@ class Image:
         self.slot = new
         store.end_transaction(new)
         self._begin_state()
+
+    def _truncate_file(self) -> None:
+        """Give clusters past ``image_clusters`` back to the file system.  Only
+        after a durable commit: the newer slot never needs them (section 12)."""
+        dev, end = self.store.dev, self.slot.image_clusters << self.geo.cluster_bits
+        if dev.growable and dev.size() > end:
+            dev.truncate(end)
 
     # -- blobs: reading -----------------------------------------------------------------
 
