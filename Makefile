@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := qemu-utils dumpasn1 openssl
+APT_PACKAGES := qemu-utils dumpasn1 openssl strace
 
 .PHONY: run test install tools kaitai tour corpus corpus-check corpus-dist bench bench-quick fuzz crash-full clean
 
@@ -24,6 +24,7 @@ tools:
 	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
 	command -v dumpasn1 >/dev/null || missing="$$missing dumpasn1"; \
 	command -v openssl  >/dev/null || missing="$$missing openssl"; \
+	command -v strace   >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
