@@ -458,6 +458,22 @@ def encode_refblock(counts) -> bytes:
 
 # -- directory (spec section 9) ---------------------------------------------
 
+def tlv_len(content_len: int) -> int:
+    """Encoded size of a DER value whose content is ``content_len`` bytes."""
+    if content_len < 0x80:
+        return 2 + content_len
+    return 2 + (content_len.bit_length() + 7) // 8 + content_len
+
+
+def entry_len(name_len: int, size: int, inline_len, depth: int, extra_len: int, width: int) -> int:
+    """Encoded size of a DirEntry, computed without encoding it (node splits need it often)."""
+    if inline_len is not None:
+        content = tlv_len(inline_len)
+    else:
+        content = tlv_len(tlv_len(depth.bit_length() // 8 + 1) + tlv_len(width))
+    return tlv_len(tlv_len(name_len) + tlv_len(size.bit_length() // 8 + 1) + content + extra_len)
+
+
 @dataclass(frozen=True)
 class DirEntry:
     name: str

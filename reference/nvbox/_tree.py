@@ -458,9 +458,12 @@ class Trees:
 
     def _split(self, node: DirNode, width: int, limit: int):
         if node.level == 0:
-            sizes = [len(b.encode(width, NULL)) for b in node.items]
+            sizes = [fmt.entry_len(len(b.name.encode("utf-8")), b.size,
+                                   None if b.inline is None else len(b.inline), b.depth, len(b.extra), width)
+                     for b in node.items]
         else:
-            sizes = [len(fmt.DirBranch(k, NULL).encode(width)) for k, _ in node.items]
+            branch = (fmt.tlv_len(fmt.tlv_len(0) + fmt.tlv_len(width)), fmt.tlv_len(fmt.tlv_len(32) + fmt.tlv_len(width)))
+            sizes = [branch[len(k) == 32] for k, _ in node.items]
         total = sum(sizes)
         if len(der.encode_length(total)) + 1 + total <= limit:
             return [node.items]
