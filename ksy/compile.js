@@ -1,0 +1,107 @@
+#!/usr/bin/env node
+// Compile every ksy/*.ksy with kaitai-struct-compiler (npm, 0.11.0) through its JS API,
+// and write each parsed descriptor as JSON to build/json/<id>.json.
+//
+//   node compile.js [--target python] [--out build/python] [--debug]
+//
+// Fails loudly (message on stderr, exit code 1) when a compilation is rejected, when the
+// compiler never settles its promise (a known crash mode of the Scala.js build, which
+// otherwise exits 0 with no output), or when an expected output file is missing or empty.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+
+function die(msg) {
+  process.stderr.write(`compile.js: error: ${msg}\n`);
+  process.exit(1);
+}
+
+let yaml, ksc;
+try {
+  yaml = require('js-yaml');
+  ksc = require('kaitai-struct-compiler');
+} catch (e) {
+  die(`node packages missing (run "npm ci" in ksy/): ${e.message}`);
+}
+
+const HERE = __dirname;
+const args = process.argv.slice(2);
+function opt(name, dflt) {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : dflt;
+}
+const target = opt('--target', 'python');
+const outDir = path.resolve(opt('--out', path.join(HERE, 'build', target)));
+const debug = args.includes('--debug');
+const EXT = { python: '.py', javascript: '.js', ruby: '.rb', lua: '.lua', perl: '.pm', php: '.php' };
+
+if (ksc.version !== '0.11.0') die(`expected kaitai-struct-compiler 0.11.0, found ${ksc.version}`);
+if (!ksc.languages.includes(target)) die(`unknown target ${target}; one of ${ksc.languages.join(', ')}`);
+
+const specs = fs.readdirSync(HERE).filter((f) => f.endsWith('.ksy')).sort();
+if (specs.length === 0) die(`no .ksy files in ${HERE}`);
+
+function load(file) {
+  try {
+    return yaml.load(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    die(`${path.basename(file)}: YAML error: ${e.message}`);
+  }
+}
+
+const importer = {
+  importYaml(name, mode) {
+    // Relative imports arrive joined with the importing file's directory (not normalized);
+    // absolute ones (leading "/") are looked up from ksy/ as well: there is no library path.
+    const p = path.normalize(path.join(HERE, name + '.ksy'));
+    if (!fs.existsSync(p)) return Promise.reject(new Error(`import not found: ${name} (${mode})`));
+    return Promise.resolve(load(p));
+  },
+};
+
+function withTimeout(promise, ms, what) {
+  let t;
+  const timer = new Promise((_, reject) => {
+    t = setTimeout(() => reject(new Error(`${what}: compiler did not finish within ${ms} ms (crashed?)`)), ms);
+  });
+  return Promise.race([promise, timer]).finally(() => clearTimeout(t));
+}
+
+async function main() {
+  fs.mkdirSync(outDir, { recursive: true });
+  const expected = [];
+  for (const spec of specs) {
+    const doc = load(path.join(HERE, spec));
+    const id = doc && doc.meta && doc.meta.id;
+    if (id !== path.basename(spec, '.ksy')) die(`${spec}: meta/id "${id}" does not match the file name`);
+    let files;
+    try {
+      files = await withTimeout(ksc.compile(target, doc, importer, debug), 120000, spec);
+    } catch (e) {
+      die(`${spec}: ${String(e && e.message ? e.message : e)}`);
+    }
+    if (!files || Object.keys(files).length === 0) die(`${spec}: the compiler produced no files`);
+    for (const [fn, src] of Object.entries(files)) {
+      if (!src) die(`${spec}: the compiler produced an empty ${fn}`);
+      fs.writeFileSync(path.join(outDir, fn), src);
+    }
+    if (EXT[target]) expected.push(path.join(outDir, id + EXT[target]));
+    // The parsed descriptor as JSON, for tools without a YAML parser (ksy/tests).
+    const jsonDir = path.join(HERE, 'build', 'json');
+    fs.mkdirSync(jsonDir, { recursive: true });
+    fs.writeFileSync(path.join(jsonDir, id + '.json'), JSON.stringify(doc, null, 1));
+  }
+  for (const f of expected) {
+    if (!fs.existsSync(f) || fs.statSync(f).size === 0) die(`expected output missing or empty: ${f}`);
+  }
+  process.stdout.write(`compiled ${specs.length} descriptor(s) to ${target} in ${path.relative(process.cwd(), outDir) || '.'}\n`);
+}
+
+process.on('exit', (code) => {
+  // Guard against a compiler crash that leaves the promise pending and node exiting 0.
+  if (code === 0 && !main.done) {
+    process.stderr.write('compile.js: error: exited before compilation finished (compiler crash?)\n');
+    process.exitCode = 1;
+  }
+});
+main().then(() => { main.done = true; }, (e) => die(String(e)));
