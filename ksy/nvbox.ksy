@@ -364,10 +364,19 @@ types:
           expr: not check or ((_.offset != 0) == is_encrypted)
         doc: Always a 16-byte plain pointer (the table is plaintext).
         doc-ref: spec/nvbox.md#101-keys [R-enc-2]
+      - id: alloc_hint
+        type: u8
+        valid:
+          expr: not check or _ <= image_clusters
+        doc: |
+          Every cluster from header_clusters up to (not including) this index
+          has a non-zero count; 0 says nothing. Lets a writer skip scanning a
+          full image for free clusters.
+        doc-ref: spec/nvbox.md#73-allocation-and-deferred-reuse [R-alloc-6]
       - id: reserved1
         type: u1
         repeat: expr
-        repeat-expr: 228
+        repeat-expr: 220
         valid:
           expr: not check or _ == 0
       - id: slot_mac

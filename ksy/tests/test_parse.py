@@ -258,8 +258,9 @@ def test_wrong_parity_is_not_valid(parse, good):
     (76, struct.pack("<I", 1025), 13),                  # snapshot_count
     (80, struct.pack("<Q", 0), 14),                     # snaptable_size 0 with snapshots
     (136, struct.pack("<I", 0), 16),                    # dir_root null but dir_depth 1 ...
-    (300, b"\x01", 19),                                 # reserved1
-    (480, b"\x01", 20),                                 # slot_mac non-zero in a plain image
+    (248, struct.pack("<Q", 10 ** 6), 19),             # alloc_hint beyond image_clusters
+    (300, b"\x01", 20),                                 # reserved1
+    (480, b"\x01", 21),                                 # slot_mac non-zero in a plain image
 ])
 def test_bad_active_slot_field(parse, good, off, data, seq):
     raw = poke(good, 512 + off, data)

@@ -346,6 +346,7 @@ class Slot:
     dir_root: Pointer = NULL
     snaptable_root: Pointer = NULL
     keyslots: Pointer = NULL
+    alloc_hint: int = 0
     slot_mac: bytes = bytes(32)
 
     @property
@@ -363,6 +364,7 @@ class Slot:
         for off, ptr in ((88, self.refcount_root), (128, self.dir_root), (168, self.snaptable_root)):
             out[off:off + width] = ptr.encode(width)
         out[208:224] = self.keyslots.encode(PLAIN_POINTER)
+        struct.pack_into("<Q", out, 248, self.alloc_hint)
         return out
 
     def encode(self) -> bytes:
@@ -396,7 +398,8 @@ def decode_slot(raw: bytes, header: Header) -> Slot:
     def bad(why):
         raise_code("slot.field", why)
 
-    if reserved0 or any(raw[248:476]):
+    alloc_hint = struct.unpack_from("<Q", raw, 248)[0]
+    if reserved0 or any(raw[256:476]):
         bad("reserved slot bytes are not zero")
     for off in (88, 128, 168):
         if any(raw[off + width:off + POINTER_FIELD]):
@@ -421,6 +424,8 @@ def decode_slot(raw: bytes, header: Header) -> Slot:
         bad(f"snaptable_depth {snaptable_depth} does not match snaptable_size {snaptable_size}")
     if next_snapshot_id < 1:
         bad("next_snapshot_id is 0")
+    if alloc_hint > image_clusters:
+        bad(f"alloc_hint {alloc_hint} beyond image_clusters {image_clusters}")
     if encrypted and header.cluster_bits < 10:
         raise_code("header.field", "encrypted images need clusters of at least 1024 bytes")
     try:
@@ -443,7 +448,7 @@ def decode_slot(raw: bytes, header: Header) -> Slot:
             check_pointer(ptr, geo, image_clusters)
     return Slot(generation, incompat, compat, autoclear, image_clusters, blob_count, next_snapshot_id,
                 commit_time, refcount_depth, dir_depth, snaptable_depth, snapshot_count, snaptable_size,
-                refcount_root, dir_root, snaptable_root, keyslots, bytes(raw[476:508]))
+                refcount_root, dir_root, snaptable_root, keyslots, alloc_hint, bytes(raw[476:508]))
 
 
 # -- refcount blocks (spec section 7) ---------------------------------------

@@ -89,7 +89,12 @@ class ClusterStore:
         # refcount blocks, and the next block to scan.
         self._candidates: list[int] = []
         self._candidate_set: set[int] = set()
-        self._scan_block = 0
+        # Every cluster below the slot's alloc_hint is in use (R-alloc-6): scanning
+        # for free clusters starts there, so a full image is not scanned at all.
+        self._scan_from = max(slot.alloc_hint, self.geo.header_clusters)
+        self._scan_block = self._scan_from // self.geo.counts_per_block
+        # Counts changed since the refcount tree last took them (flush_refcounts).
+        self._unapplied: set[int] = set()
         # Refcount nodes copied in this transaction: block index -> counts, and
         # (level, index) -> pointer list, with the cluster each will occupy.
         self._ref_leaves: dict[int, array] = {}
@@ -99,9 +104,9 @@ class ClusterStore:
     def end_transaction(self, slot: fmt.Slot) -> None:
         """After a durable commit: freed clusters become allocatable (R-alloc-2)."""
         candidates = [c for c in self.freed if c < slot.image_clusters]
-        scan_block, old = self._scan_block, self._candidates
+        scan_block, scan_from, old = self._scan_block, self._scan_from, self._candidates
         self.reset(slot)
-        self._scan_block = scan_block
+        self._scan_block, self._scan_from = scan_block, scan_from
         for c in old + candidates:
             if c < slot.image_clusters and c not in self._candidate_set:
                 self._candidate_set.add(c)
@@ -219,6 +224,7 @@ class ClusterStore:
         if value > fmt.MAX_REFCOUNT:
             raise_code("refcount.overflow", f"cluster {index} would be referenced {value} times")
         self.counts[index] = value
+        self._unapplied.add(index)
 
     def incref(self, ptr: fmt.Pointer) -> None:
         if not ptr.is_null:
@@ -271,7 +277,7 @@ class ClusterStore:
                 rng = (j for j in range(end) if block[j] == 0)
             for j in rng:
                 c = base + j
-                if c >= self.geo.header_clusters:
+                if c >= self._scan_from:
                     self._add_candidate(c)
                     found = True
             if found:
@@ -331,6 +337,17 @@ class ClusterStore:
             self._take(c)
         return first
 
+    def alloc_hint(self) -> int:
+        """A cluster index below which every cluster is in use (R-alloc-6).  A free
+        cluster is a candidate, not yet scanned, or freed by this transaction;
+        the least of those bounds the lowest free cluster from below."""
+        bounds = [self.image_clusters, max(self._scan_from, self._scan_block * self.geo.counts_per_block)]
+        if self._candidates:
+            bounds.append(self._candidates[0])
+        if self.freed:
+            bounds.append(min(self.freed))
+        return min(bounds)
+
     def _take(self, c: int) -> None:
         self.fresh.add(c)
         self.set_count(c, 1)
@@ -365,23 +382,20 @@ class ClusterStore:
         write the changed refcount nodes.  Sets ``refcount_root``/``depth``."""
         geo = self.geo
         per = geo.counts_per_block
-        applied: dict[int, int] = {}
         while True:
             # The tree must cover every cluster, including those this loop adds.
             while geo.refcount_coverage(self.refcount_depth) < self.image_clusters:
                 self._add_refcount_level()
-            pending = [(i, c) for i, c in self.counts.items() if applied.get(i) != c]
-            if not pending:
+            if not self._unapplied:
                 homeless = [key for key in self._all_ref_nodes() if key not in self._ref_home]
                 if not homeless:
                     break
                 for key in homeless:
                     self._ref_home[key] = self.allocate(1)
                 continue
-            for i, c in pending:
-                leaf = self._ref_leaf(i // per)
-                leaf[i % per] = c
-                applied[i] = c
+            pending, self._unapplied = self._unapplied, set()
+            for i in pending:
+                self._ref_leaf(i // per)[i % per] = self.counts[i]
         self._write_refcount_nodes()
 
     def _all_ref_nodes(self):

@@ -240,6 +240,7 @@ def check_image(image, progress=None) -> CheckResult:
 def _compare_counts(w: _Walker) -> None:
     store, geo = w.store, w.geo
     total = w.img.slot.image_clusters
+    hint = w.img.slot.alloc_hint
     per = geo.counts_per_block
     for k in range(-(-total // per)):
         try:
@@ -252,6 +253,9 @@ def _compare_counts(w: _Walker) -> None:
             c = base + j
             actual = block[j] if block is not None else 0
             want = w.expected[c]
+            if actual == 0 and geo.header_clusters <= c < hint:
+                # R-alloc-6: a free cluster below alloc_hint would never be reused.
+                w.result.leaks.append({"cluster": c, "count": 0, "expected": 0, "reason": "below alloc_hint"})
             if actual == want:
                 continue
             entry = {"cluster": c, "count": actual, "expected": want}
@@ -283,11 +287,14 @@ def repair_image(image, mode: str = "all", progress=None) -> CheckResult:
         return result
     store = image.store
     with image._change():
+        # Rescan from the start: a wrong alloc_hint is one of the things repaired.
+        store._scan_from, store._scan_block = image.geo.header_clusters, 0
         # Every count is set before anything is allocated, so the commit's own
         # allocations can only take clusters that are really free.
         for f in fixes:
             store.set_count(f["cluster"], f["expected"])
             if f["expected"] == 0:
                 store._add_candidate(f["cluster"])
-    result.repaired = [{"cluster": f["cluster"], "from": f["count"], "to": f["expected"]} for f in fixes]
+    result.repaired = [{"cluster": f["cluster"], "from": f["count"], "to": f["expected"]}
+                       if "reason" not in f else {"cluster": f["cluster"], "alloc_hint": "lowered"} for f in fixes]
     return result

@@ -169,7 +169,8 @@ def compact_image(image, progress=None) -> dict:
     passes = moved = 0
     for passes in range(1, _MAX_PASSES + 1):
         live, top = _live_clusters(image)
-        if top <= live and not _dead_refcount_blocks(image) and not _collapsible(image):
+        if top <= live and image.slot.image_clusters <= top and not _dead_refcount_blocks(image) \
+                and not _collapsible(image):
             passes -= 1
             break
         old_clusters = image.slot.image_clusters

@@ -252,6 +252,7 @@ class Image:
             dir_root=dir_root,
             snaptable_root=snaptable_root,
             keyslots=keyslots,
+            alloc_hint=store.alloc_hint(),
         )
         store.write_slot(new, self.cipher.slot_mac if self.cipher else None)
         self.slot = new
@@ -639,7 +640,8 @@ def _initial_image(dev: BlockDevice, cluster_bits: int, capacity_clusters: int, 
         keyslots = store.write_cluster(idx, 0, table)
     store.flush_refcounts()
     slot = replace(boot, generation=1, image_clusters=store.image_clusters, refcount_root=store.refcount_root,
-                   refcount_depth=store.refcount_depth, keyslots=keyslots, commit_time=int(time.time()))
+                   refcount_depth=store.refcount_depth, keyslots=keyslots, commit_time=int(time.time()),
+                   alloc_hint=store.alloc_hint())
     store.write_slot(slot, cipher.slot_mac if cipher else None)
 
 
