@@ -253,7 +253,7 @@ def _compare_counts(w: _Walker) -> None:
             c = base + j
             actual = block[j] if block is not None else 0
             want = w.expected[c]
-            if actual == 0 and geo.header_clusters <= c < hint:
+            if actual == 0 and want == 0 and geo.header_clusters <= c < hint:
                 # R-alloc-6: a free cluster below alloc_hint would never be reused.
                 w.result.leaks.append({"cluster": c, "count": 0, "expected": 0, "reason": "below alloc_hint"})
             if actual == want:
@@ -295,6 +295,6 @@ def repair_image(image, mode: str = "all", progress=None) -> CheckResult:
             store.set_count(f["cluster"], f["expected"])
             if f["expected"] == 0:
                 store._add_candidate(f["cluster"])
-    result.repaired = [{"cluster": f["cluster"], "from": f["count"], "to": f["expected"]}
-                       if "reason" not in f else {"cluster": f["cluster"], "alloc_hint": "lowered"} for f in fixes]
+    result.repaired = [dict({"cluster": f["cluster"], "from": f["count"], "to": f["expected"]},
+                            **({"reason": f["reason"]} if "reason" in f else {})) for f in fixes]
     return result
