@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := qemu-utils dumpasn1 openssl strace
+
 
 .PHONY: run test install tools kaitai tour corpus corpus-check corpus-dist bench bench-quick fuzz crash-full clean
 
@@ -48,3 +48,12 @@ test: $(STAMP) tools kaitai
 
 clean:
 	rm -rf $(VENV) ksy/build ksy/node_modules .pytest_cache .benchmarks
+
+bench-quick: $(STAMP) tools
+	NVBOX_BENCH=quick $(PY) -m pytest benchmarks/test_bench_*.py -q -p no:cacheprovider --benchmark-json=benchmarks/results/raw-quick.json
+	$(PY) benchmarks/report.py benchmarks/results/raw-quick.json --name quick --no-readme
+
+bench: $(STAMP) tools
+	NVBOX_BENCH=full $(PY) -m pytest benchmarks/test_bench_*.py -q -p no:cacheprovider --benchmark-json=benchmarks/results/raw-full.json
+	$(PY) benchmarks/report.py benchmarks/results/raw-full.json --name latest
+	$(PY) benchmarks/report.py benchmarks/results/raw-full.json --name timestamp --no-readme
