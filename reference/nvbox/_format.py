@@ -171,6 +171,8 @@ NULL = Pointer()
 
 def decode_pointer(raw, width: int) -> Pointer:
     """Decode a pointer's bytes; checks R-ptr-2 rule 1 (the rest needs the geometry)."""
+    if len(raw) < width:
+        raise_code("image.truncated", f"a pointer needs {width} bytes, got {len(raw)}")
     offset, crc = struct.unpack_from("<QI", raw, 0)
     if offset == 0:
         if any(raw[:width]):
@@ -210,6 +212,8 @@ def encode_pointers(ptrs, geo: Geometry) -> bytes:
 def decode_pointers(raw, geo: Geometry) -> list[Pointer]:
     w = geo.pointer_size
     n = geo.fanout
+    if len(raw) != geo.cluster_size:
+        raise_code("image.truncated", f"a node needs {geo.cluster_size} bytes, got {len(raw)}")
     if any(raw[n * w:]):
         raise_code("pointer.reserved", "non-zero bytes after a node's last pointer")
     if w == PLAIN_POINTER:
@@ -620,6 +624,8 @@ def encode_dir_node(level: int, items, geo: Geometry, body: bytes | None = None)
 
 
 def decode_dir_node(raw, geo: Geometry, expected_level: int | None = None) -> DirNode:
+    if len(raw) < DIR_NODE_HEADER:
+        raise_code("directory.node", f"a directory node needs at least {DIR_NODE_HEADER} bytes")
     magic, level, reserved0, count, body_length, reserved1 = struct.unpack_from("<4sBBHII", raw, 0)
     if magic != DIR_MAGIC:
         raise_code("directory.node", "directory node magic is not NVDN")
@@ -759,6 +765,8 @@ def encode_keyslots(slots, geo: Geometry) -> bytes:
 
 
 def decode_keyslots(raw) -> list[KeySlot]:
+    if len(raw) < 32 + NUM_KEYSLOTS * KEYSLOT_SIZE:
+        raise_code("key.slot_damaged", "the key slot table is truncated")
     magic, version, num, cipher = struct.unpack_from("<4sHHI", raw, 0)
 
     def bad(why):

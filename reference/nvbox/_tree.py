@@ -80,7 +80,11 @@ class Trees:
 
     def dir_node(self, ptr: Pointer, level: int) -> fmt.DirNode:
         geo = self.geo
-        return self.store.read_cached(ptr, fmt.KIND_DIR, lambda raw: fmt.decode_dir_node(raw, geo, level))
+        node = self.store.read_cached(ptr, fmt.KIND_DIR, lambda raw: fmt.decode_dir_node(raw, geo, level))
+        if node.level != level:  # a cached node reached again at another level: a cycle
+            raise_code("directory.depth", f"directory node at offset {ptr.offset} is level {node.level}, "
+                                          f"expected {level}")
+        return node
 
     # -- copy-on-write and drop (R-cow-2, R-cow-3) -----------------------------------
 
@@ -152,17 +156,25 @@ class Trees:
     # -- cluster maps: reading ------------------------------------------------------
 
     def map_lookup(self, root, depth: int, index: int, kind=fmt.KIND_MAP):
-        """The data pointer of cluster ``index`` (NULL for a hole)."""
+        """The data pointer of cluster ``index`` (NULL for a hole).
+
+        Map nodes carry no level, so a pointer back to a node on the path would
+        be read as a node (or as data) again: the path is checked (R-ptr-2 rule 4).
+        """
         F = self.geo.fanout
         node = root
+        path = []
         for level in range(depth, 0, -1):
             if isinstance(node, Pointer):
                 if node.is_null:
                     return NULL
+                path.append(node.offset)
                 node = self.map_node(node, kind)
             else:
                 node = node.children
             node = node[(index // F ** (level - 1)) % F]
+            if isinstance(node, Pointer) and node.offset and node.offset in path:
+                raise_code("pointer.cycle", f"cluster map pointer to offset {node.offset}, already on the path")
         return node
 
     def map_read(self, root, depth: int, size: int, offset: int, length: int,

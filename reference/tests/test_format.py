@@ -664,8 +664,6 @@ def test_blob_key_is_sha256():
 
 # -- decoders fed truncated buffers -------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): fixed-layout decoders raise struct.error, not an "
-                                       "NvboxError, on a short buffer")
 @pytest.mark.parametrize("call", [
     lambda: fmt.decode_dir_node(b"NVDN\0\0\1\0", G9),
     lambda: fmt.decode_pointer(b"\x00\x10", 16),

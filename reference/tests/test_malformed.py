@@ -513,8 +513,6 @@ def test_map_cycle_detected_by_check():
     bounded(lambda: read_everything(bad))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a map node naming itself is read as its own data cluster; "
-                                       "the reader does not reject the cycle (R-ptr-2 rule 4)")
 def test_map_cycle_rejected_by_reader():
     raw, name = self_map_cycle()
     bad = nvbox.open(bytes(raw), "r")
@@ -528,9 +526,6 @@ def test_dir_cycle_detected_by_check():
     assert {c["code"] for c in res.corruptions} & {"pointer.cycle", "directory.depth"}, res.corruptions
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the node cache ignores the expected level, so the looped index "
-                                       "node is returned unchecked at level 0: blob.not_found instead of "
-                                       "directory.depth/pointer.cycle")
 def test_dir_cycle_rejected_by_reader():
     """[R-ptr-2] rule 4 / [R-dir-1] levels: a directory index node naming itself is
     read at level 0 and must be rejected (directory.depth), not searched as a leaf."""
@@ -540,8 +535,6 @@ def test_dir_cycle_rejected_by_reader():
     assert bounded(lambda: bad[name]) in ("pointer.cycle", "directory.depth")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Image.names() on a directory index node naming itself raises "
-                                       "AttributeError ('DirBranch' object has no attribute 'name')")
 def test_dir_cycle_names_only_nvbox_errors():
     raw = self_dir_cycle()
     bad = nvbox.open(bytes(raw), "r")
@@ -714,7 +707,7 @@ def exercise(raw, limit=1.0):
 def crafted_mutations():
     out = {
         "map cycle": lambda: self_map_cycle()[0],
-        # "dir cycle" is covered by the xfail tests above (it hits the node-cache bug)
+        # "dir cycle": see test_dir_cycle_rejected_by_reader and test_dir_cycle_names_only_nvbox_errors
         "required ext": _with_required_ext,
     }
     for why, (fields, _) in SLOT_FAULTS.items():
