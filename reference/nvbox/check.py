@@ -67,7 +67,7 @@ class CheckResult:
 
 
 class _Walker:
-    def __init__(self, image, progress=None):
+    def __init__(self, image, progress=None, on_visit=None):
         self.img = image
         self.store = image.store
         self.trees = image.trees
@@ -77,6 +77,7 @@ class _Walker:
         self.seen: dict[int, tuple] = {}
         self.entry_counts: dict[int, int] = {}
         self.progress = progress
+        self.on_visit = on_visit   # (cluster, kind, what) for each cluster reached first
 
     def problem(self, code, message, offset=None):
         item = {"code": code, "message": message}
@@ -103,6 +104,8 @@ class _Walker:
                              f"and as {_KIND_NAMES[prev[0]]} level {prev[1]}", ptr.offset)
             return False
         self.seen[idx] = (kind, level)
+        if self.on_visit is not None:
+            self.on_visit(idx, kind, what)
         self.result.clusters_checked += 1
         if self.progress and self.result.clusters_checked % 1024 == 0:
             self.progress(self.result.clusters_checked, self.result.image_clusters)
@@ -200,10 +203,14 @@ class _Walker:
         return total
 
 
-def check_image(image, progress=None) -> CheckResult:
-    """Verify every structure and count of ``image`` (open, any mode)."""
+def check_image(image, progress=None, on_visit=None) -> CheckResult:
+    """Verify every structure and count of ``image`` (open, any mode).
+
+    ``on_visit(cluster, kind, what)`` is called once per reachable cluster, in
+    walk order (the active directory first, then snapshots): ``nvbox map`` uses it.
+    """
     image._check_open()
-    w = _Walker(image, progress)
+    w = _Walker(image, progress, on_visit)
     slot, geo = image.slot, image.geo
     for c in range(geo.header_clusters):
         w.expected[c] += 1

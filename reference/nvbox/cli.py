@@ -1528,5 +1528,41 @@ Examples:
                        f"({result['passes']} pass{'es' if result['passes'] != 1 else ''}, "
                        f"{result['moved']} cluster{'s' if result['moved'] != 1 else ''} moved)")
 
+
+# -- map ------------------------------------------------------------------------------------
+
+@cli.command("map", context_settings=CONTEXT, help="""\
+A picture of the image's clusters, coloured by what holds them: header area,
+refcount tree, directory, snapshot table, key slots, each blob, clusters only
+snapshots hold, and free space; hatched cells are shared (count > 1).  With
+-o FILE.png it draws a grid (needs matplotlib); --output json prints the same
+classification as runs of clusters.
+
+\b
+Examples:
+  nvbox map vm.nvbox -o map.png
+  nvbox map --output json vm.nvbox""")
+@output_option
+@key_options
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "png", type=click.Path(dir_okay=False), help="Write a PNG picture to this file.")
+@click.option("--columns", default=64, show_default=True, help="Clusters per row in the picture.")
+@_guard()
+def map_command(image, png, columns, output, key_file, passphrase_file):
+    from .clustermap import cluster_map, render_png
+    with _open(image, "r", key_file, passphrase_file) as img:
+        description = cluster_map(img)
+    if png:
+        render_png(description, png, columns)
+    if output == "json":
+        _json(description)
+        return
+    totals = description["totals"]
+    click.echo(f"{description['image_clusters']} clusters of {human_size(description['cluster_size'])}: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(totals.items()))
+               + f"; {description['shared_clusters']} shared, {description['fragments']} blob extents")
+    if png:
+        click.echo(f"Picture written to {png}")
+
 if __name__ == "__main__":  # pragma: no cover
     main()
