@@ -32,7 +32,7 @@ CATEGORIES = {
 _BLOB = re.compile(r"blob '((?:[^'\\]|\\.)*)'|blob \"((?:[^\"\\]|\\.)*)\"")
 
 
-def _classify(kind: int, what: str, active_blobs: set) -> tuple[str, str | None]:
+def _classify(kind: int, what: str) -> tuple[str, str | None]:
     if kind in (fmt.KIND_REFBLOCK, fmt.KIND_REFINDEX):
         return "refcount", None
     if kind == fmt.KIND_DIR:
@@ -43,7 +43,9 @@ def _classify(kind: int, what: str, active_blobs: set) -> tuple[str, str | None]
         return "key-slots", None
     m = _BLOB.search(what)
     name = (m.group(1) if m.group(1) is not None else m.group(2)) if m else None
-    if what.startswith("snapshot") and name not in active_blobs:
+    if what.startswith("snapshot '"):
+        # The walk covers the active directory first, so a cluster first met in
+        # a snapshot's tree is one that only snapshots hold.
         return "snapshot-only", name
     return "blob", name
 
@@ -54,10 +56,9 @@ def cluster_map(image) -> dict:
     cats: list = [("free", None)] * n
     for c in range(min(image.geo.header_clusters, n)):
         cats[c] = ("header", None)
-    active = set(image.names())
 
     def visit(idx, kind, what):
-        cats[idx] = _classify(kind, what, active)
+        cats[idx] = _classify(kind, what)
 
     result = check_image(image, on_visit=visit)
     # Shared: reachable from the active state and from a snapshot.  Lazy counts
