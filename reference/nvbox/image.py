@@ -464,6 +464,13 @@ class Image:
         from .snapshots import Snapshots
         return Snapshots(self)
 
+    @property
+    def key_slots(self):
+        """The key slot manager of an encrypted image (``nvbox.crypto.KeySlots``):
+        ``list()``, ``add(key)``, ``remove(index or key)``, ``replace(...)``."""
+        from .crypto import KeySlots
+        return KeySlots(self)
+
     def _snapshot_list(self):
         if self._snapshots is None:
             slot = self.slot
