@@ -412,12 +412,16 @@ class Corpus:
             BUGS.append((cid, f"content or error {accept}", f"error {err}" if err else "different content"))
         self._write(cid, m, {"image.nvbox": raw, "expected.json": expected})
 
-    def check(self, area, name, description, spec, raw, verdict, notes=None):
-        cid, m = self.manifest("check", area, name, description, spec, verdict=verdict, notes=notes)
-        got = reference_check(raw)
+    def check(self, area, name, description, spec, raw, verdict, notes=None, key_file: bytes | None = None):
+        cid, m = self.manifest("check", area, name, description, spec, verdict=verdict, notes=notes,
+                               key_file="key.bin" if key_file else None)
+        got = reference_check(raw, _key_from_bytes(key_file) if key_file else None)
         if got != verdict:
             BUGS.append((cid, f"verdict {verdict}", f"verdict {got}"))
-        self._write(cid, m, {"image.nvbox": raw})
+        files = {"image.nvbox": raw}
+        if key_file:
+            files["key.bin"] = key_file
+        self._write(cid, m, files)
 
     def write(self, area, name, description, spec, ops, create=None, error=None, accept=None,
               expect_check=None, files=None, key_file: bytes | None = None, flags=None):
@@ -455,15 +459,19 @@ class Corpus:
         self._write(cid, m, out)
 
     def roundtrip(self, area, name, description, spec, raw, expected_before, expect: dict, expect_check=None,
-                  flags=None):
-        cid, m = self.manifest("roundtrip", area, name, description, spec, flags=flags, expect_check=expect_check)
+                  flags=None, key_file: bytes | None = None):
+        cid, m = self.manifest("roundtrip", area, name, description, spec, flags=flags, expect_check=expect_check,
+                               key_file="key.bin" if key_file else None)
         logical = json.loads(json.dumps(expected_before))
         logical["blobs"][ref_adapter.REWRITE_BLOB] = {
             "size": "1", "sha256": hashlib.sha256(ref_adapter.REWRITE_DATA).hexdigest()}
         logical["blobs"] = dict(sorted(logical["blobs"].items(), key=lambda kv: kv[0].encode()))
         m["expect_after_rewrite"] = dict({"logical": "expected-after.json"}, **expect)
         m["generator"] = m.pop("generator")
-        self._write(cid, m, {"image.nvbox": raw, "expected-after.json": logical})
+        files = {"image.nvbox": raw, "expected-after.json": logical}
+        if key_file:
+            files["key.bin"] = key_file
+        self._write(cid, m, files)
 
     def crash(self, area, name, description, spec, images: list, states: dict, notes=None):
         cid, m = self.manifest("crash", area, name, description, spec, images=images, notes=notes)
@@ -482,13 +490,7 @@ def dumps(obj) -> bytes:
 
 def _key_from_bytes(key_bytes: bytes):
     from nvbox import crypto
-    with tempfile.NamedTemporaryFile(delete=False) as f:
-        f.write(key_bytes)
-        path = f.name
-    try:
-        return crypto.Key.from_key_file(path)
-    finally:
-        os.unlink(path)
+    return crypto.Key.from_key_bytes(key_bytes)
 
 
 def have_crypto() -> bool:

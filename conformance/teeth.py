@@ -1,0 +1,144 @@
+"""Run the invalid cases against the broken variants (conformance/variants.py).
+
+    python -m conformance.teeth [--jobs N] [--json OUT]
+
+Each variant runs on the cases that could notice its missing rule (``TEETH``:
+globs of case ids), through the ordinary runner with ``--impl "python -m
+conformance.variants VARIANT"``.  The result is a matrix case -> variants that
+fail it.  The corpus has teeth when every invalid case (read-invalid, and check
+cases whose verdict is not clean) fails at least one variant, and every variant
+fails at least one case.  conformance/tests/test_teeth.py asserts both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+RI = "read-invalid"
+
+#: variant -> case-id globs it runs on.
+TEETH = {
+    "no-magic-check": [f"{RI}/header/*magic*", f"{RI}/header/*not-nvbox*", "check/corrupt/*unopenable*"],
+    "no-header-crc": [f"{RI}/header/*checksum*"],
+    "no-version-check": [f"{RI}/header/*version*"],
+    "no-header-fields": [f"{RI}/header/*", f"{RI}/slot/*capacity*"],
+    "no-cluster-bits-bound": [f"{RI}/header/*cluster-bits*"],
+    "no-extension-checks": [f"{RI}/header/*ext*", f"{RI}/header/*length*"],
+    "no-slot-fields": [f"{RI}/slot", f"{RI}/pointer/*slot*", f"{RI}/snapshot/*count*"],
+    "incompat-ignored": [f"{RI}/feature"],
+    "no-pointer-range": [f"{RI}/pointer"],
+    "no-pointer-reserved": [f"{RI}/pointer"],
+    "no-cycle-check": [f"{RI}/pointer/*cycle*", "check/corrupt/*map-and-data*"],
+    "crc-unchecked": [f"{RI}/checksum", f"{RI}/slot/*tree*", "check/corrupt/*checksum*"],
+    "der-unchecked": [f"{RI}/der", f"{RI}/snapshot"],
+    "der-minimality-unchecked": [f"{RI}/der", f"{RI}/snapshot/*minimal*"],
+    "no-dir-node-checks": [f"{RI}/directory", f"{RI}/snapshot/*dir-node*"],
+    "no-dir-order": [f"{RI}/directory"],
+    "no-dir-entry-checks": [f"{RI}/directory", "check/corrupt/*blob-count*", f"{RI}/der/*utf8*", f"{RI}/der/*ten-bytes*", f"{RI}/snapshot/*width*"],
+    "no-dir-depth": [f"{RI}/directory", f"{RI}/pointer/*dir-cycle*"],
+    "no-map-depth": [f"{RI}/map", f"{RI}/der/*depth*"],
+    "no-map-tail": ["check/corrupt/*map-tail*"],
+    "no-snapshot-table-checks": [f"{RI}/snapshot"],
+    "no-truncation-check": [f"{RI}/truncation"],
+    "no-refcount-tree-checks": ["check/corrupt/*beyond*"],
+    "older-slot": [f"{RI}/slot/*newer*", "read-valid/slot"],
+    "slot-generation-unchecked": [f"{RI}/slot/*parity*", f"{RI}/slot/*generation*", "read-valid/slot/*parity*"],
+    "slot-crc-unchecked": [f"{RI}/slot/*crc*"],
+    "no-slot-none-valid": [f"{RI}/slot/*both*"],
+    "lookup-by-iteration": [f"{RI}/directory/*outside-branch*"],
+    "no-dir-node-and-der": [f"{RI}/directory/*node*"],
+    "no-dir-levels-lax": [f"{RI}/directory/*depth*", f"{RI}/pointer/*dir-cycle*"],
+    "no-low-key-checks": [f"{RI}/directory/*low-key*"],
+    "check-does-nothing": ["check"],
+    "check-open-errors-fail": ["check"],
+    "check-undercount-is-leak": ["check/corrupt"],
+    "check-leaks-ignored": ["check/leaks"],
+    "snapshot-lookup-ignored": [f"{RI}/snapshot/*not-found*"],
+    "no-auth": [f"{RI}/crypto"],
+    "no-keyslot-checks": [f"{RI}/crypto"],
+    "no-key-checks": [f"{RI}/crypto"],
+}
+
+#: Variants no case can catch, and why (kept out of the "every variant fails a case" rule).
+UNCATCHABLE = {
+    "refcount-wrap": "refcount.overflow needs a count above 65535; no operation script within the spec's limits reaches "
+                     "it, and a roundtrip case cannot expect `rewrite` to fail (see COVERAGE.md, R-ref-4)",
+}
+
+
+def invalid_cases(cases_dir: Path) -> list[str]:
+    """Case ids that a broken implementation should fail: read-invalid, and check cases
+    whose verdict is not clean."""
+    out = []
+    for manifest in sorted(cases_dir.rglob("case.json")):
+        d = json.loads(manifest.read_text())
+        if d["kind"] == "read-invalid" or (d["kind"] == "check" and d["verdict"] != "clean"):
+            out.append(d["id"])
+    return out
+
+
+def run(jobs: int = 2, cases_dir: Path = HERE / "cases", variants=None) -> dict:
+    """{variant: {case id: result}} for the cases each variant runs on."""
+    from conformance.runner import discover, select, split_globs
+    from conformance.variants import VARIANTS
+    all_ids = {c.id for c in discover(cases_dir)}
+    matrix = {}
+    for variant, globs in TEETH.items():
+        if variants and variant not in variants:
+            continue
+        if variant not in VARIANTS:
+            raise SystemExit(f"TEETH names unknown variant {variant}")
+        chosen, _ = select(discover(cases_dir), split_globs(globs), [])
+        if not chosen:
+            continue   # e.g. no encrypted cases yet
+        with tempfile.TemporaryDirectory() as tmp:
+            report = Path(tmp) / "r.json"
+            cmd = [sys.executable, "-m", "conformance", "run", "--impl",
+                   f"{sys.executable} -m conformance.variants {variant}", "--cases", str(cases_dir),
+                   "--jobs", str(jobs), "--json", str(report)]
+            for g in globs:
+                cmd += ["--run", g]
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE.parent)
+            doc = json.loads(report.read_text())
+        matrix[variant] = {c["id"]: c["result"] for c in doc["cases"] if c["id"] in all_ids}
+    return matrix
+
+
+def summarise(matrix: dict, cases_dir: Path = HERE / "cases") -> tuple[list, list]:
+    """(invalid cases no variant fails, variants that fail no case)."""
+    failing = {"fail", "crash", "timeout"}
+    caught = {cid for res in matrix.values() for cid, r in res.items() if r in failing}
+    uncaught = [cid for cid in invalid_cases(cases_dir) if cid not in caught]
+    toothless = [v for v, res in matrix.items() if not any(r in failing for r in res.values())]
+    return uncaught, toothless
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m conformance.teeth")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--variant", action="append")
+    args = ap.parse_args(argv)
+    matrix = run(args.jobs, variants=args.variant)
+    uncaught, toothless = summarise(matrix)
+    for v, res in matrix.items():
+        n = sum(1 for r in res.values() if r in ("fail", "crash", "timeout"))
+        print(f"{v:28} fails {n:3} of {len(res):3} cases")
+    for cid in uncaught:
+        print(f"UNCAUGHT: {cid}")
+    for v in toothless:
+        print(f"TOOTHLESS: {v}")
+    if args.json:
+        args.json.write_text(json.dumps(matrix, indent=1))
+    return 1 if (uncaught or (toothless and not args.variant)) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Deliberately broken variants of the reference implementation (the corpus's "teeth").
+
+    python -m conformance.variants VARIANT VERB ARGS...     # an adapter, like python -m nvbox.adapter
+    python -m conformance.variants --list
+
+Each variant monkeypatches the reference library so that one rule is no longer
+enforced (a check skipped, a bound ignored, the wrong slot chosen), then runs the
+reference adapter unchanged.  conformance/tests/test_teeth.py runs the invalid
+cases against every variant: a case no variant fails tests nothing the reference
+would not also do without its check, and a variant no case fails is a hole in
+the corpus.
+
+Most variants *suppress* error codes: ``raise_code`` (imported by every module
+of the library) is replaced by a filter that returns instead of raising for the
+suppressed codes, so the code after the check runs on as if the check had
+passed, exactly like an implementation that forgot it.  What happens next
+(a wrong answer, another error, or a Python exception, which the adapter turns
+into a crash) is what the case must catch.  A few variants change behaviour
+instead (the older slot preferred, DER minimality not checked, a lenient check).
+"""
+
+from __future__ import annotations
+
+import sys
+
+#: variant -> (description, suppressed error codes)
+SUPPRESS = {
+    "no-magic-check": ("the header magic is not checked", {"header.magic"}),
+    "no-header-crc": ("the header CRC is not checked", {"header.checksum"}),
+    "no-version-check": ("any format version is read", {"header.version"}),
+    "no-header-fields": ("header field ranges and reserved fields are not checked", {"header.field"}),
+    "no-cluster-bits-bound": ("cluster_bits outside 9..21 is accepted", {"header.cluster_size"}),
+    "no-extension-checks": ("header extension records are not validated",
+                            {"header.extension", "header.extension_required"}),
+    "no-slot-fields": ("the chosen slot's field ranges are not checked", {"slot.field"}),
+    "incompat-ignored": ("unknown incompatible feature bits are ignored", {"feature.incompatible"}),
+    "no-pointer-range": ("pointer alignment and range are not checked", {"pointer.out_of_range", "pointer.misaligned"}),
+    "no-pointer-reserved": ("reserved pointer bytes are not checked", {"pointer.reserved"}),
+    "no-cycle-check": ("pointer cycles are not detected", {"pointer.cycle"}),
+    "crc-unchecked": ("cluster CRCs are not checked", {"cluster.checksum"}),
+    "der-unchecked": ("DER subset violations are ignored", {"der.malformed"}),
+    "no-dir-node-checks": ("directory node headers are not checked", {"directory.node"}),
+    "no-dir-order": ("directory key order is not checked", {"directory.order"}),
+    "no-dir-entry-checks": ("directory entry rules are not checked", {"directory.entry"}),
+    "no-dir-depth": ("directory levels are not checked", {"directory.depth"}),
+    "no-map-depth": ("cluster-map depth is not checked against the size", {"map.depth"}),
+    "no-map-tail": ("data beyond a blob's size is not checked", {"map.tail"}),
+    "no-snapshot-table-checks": ("snapshot table records are not validated", {"snapshot.table", "snapshot.name"}),
+    "no-dir-node-and-der": ("directory node headers and DER are not validated", {"directory.node", "der.malformed"}),
+    "no-dir-levels-lax": ("directory levels are not checked, and bodies are decoded leniently",
+                          {"directory.depth", "der.malformed", "directory.entry", "directory.order"}),
+    "no-low-key-checks": ("branch lowKeys are not validated", {"directory.entry", "directory.order"}),
+    "no-slot-none-valid": ("an image without a valid slot is not refused up front", {"slot.none_valid"}),
+    "no-truncation-check": ("a file shorter than the image is read anyway", {"image.truncated"}),
+    "no-refcount-tree-checks": ("refcount tree shape errors are not reported", {"refcount.tree"}),
+    "no-auth": ("AEAD authentication failures are ignored", {"cluster.auth"}),
+    "no-keyslot-checks": ("key slot table damage is ignored", {"key.slot_damaged"}),
+    "no-key-checks": ("a missing or wrong key is not reported", {"key.missing", "key.invalid"}),
+    "snapshot-lookup-ignored": ("an unknown snapshot name is not reported", {"snapshot.not_found"}),
+}
+
+BEHAVIOUR = {
+    "older-slot": "the valid slot with the LOWER generation is used",
+    "slot-generation-unchecked": "a slot's generation (>= 1, parity) is not checked",
+    "slot-crc-unchecked": "a slot's CRC is not checked",
+    "lookup-by-iteration": "blobs are found by walking the directory, not by key (branch ranges never matter)",
+    "check-does-nothing": "check reports clean for every image it can open",
+    "check-open-errors-fail": "check exits 1 with the error when the image cannot be opened",
+    "der-minimality-unchecked": "non-minimal DER lengths and integers are accepted",
+    "check-undercount-is-leak": "check reports a count that is too low as a leak, not corruption",
+    "check-leaks-ignored": "check reports leaks as clean",
+    "refcount-wrap": "a count above 65535 wraps instead of failing with refcount.overflow",
+}
+
+VARIANTS = sorted(set(SUPPRESS) | set(BEHAVIOUR))
+
+
+def _all_modules():
+    import importlib
+    import pkgutil
+
+    import nvbox
+    mods = []
+    for info in pkgutil.iter_modules(nvbox.__path__):
+        try:
+            mods.append(importlib.import_module(f"nvbox.{info.name}"))
+        except ImportError:
+            pass
+    mods.append(nvbox)
+    return mods
+
+
+def _suppress(codes: set) -> None:
+    from nvbox import errors
+
+    real = errors.raise_code
+
+    def raise_code(code, message="", **details):
+        if code in codes:
+            return None
+        return real(code, message, **details)
+
+    for mod in _all_modules():
+        if getattr(mod, "raise_code", None) is real:
+            mod.raise_code = raise_code
+    from nvbox import check
+    real_problem = check._Walker.problem
+
+    def problem(self, code, message, offset=None):
+        if code not in codes:
+            real_problem(self, code, message, offset)
+    check._Walker.problem = problem
+
+
+def _older_slot() -> None:
+    from nvbox import _format as fmt
+    from nvbox import image
+
+    real_valid = fmt.slot_is_valid
+    state = {}
+
+    def _load(self):
+        raw = self.dev.read(0, fmt.HEADER_AREA)
+        gens = []
+        for index, off in enumerate(fmt.SLOT_OFFSETS):
+            body = raw[off:off + fmt.SECTOR]
+            if real_valid(body, index):
+                gens.append(int.from_bytes(body[8:16], "little"))
+        state["prefer"] = min(gens) if gens else None
+        return orig_load(self)
+
+    def slot_is_valid(raw, index):
+        ok = real_valid(raw, index)
+        if ok and state.get("prefer") is not None:
+            return int.from_bytes(raw[8:16], "little") == state["prefer"]
+        return ok
+
+    orig_load = image.Image._load
+    image.Image._load = _load
+    fmt.slot_is_valid = slot_is_valid
+
+
+def _slot_validity(skip: str) -> None:
+    import struct
+
+    from nvbox import _format as fmt
+
+    def slot_is_valid(raw, index):
+        if len(raw) < fmt.SECTOR or raw[:8] != fmt.SLOT_MAGIC:
+            return False
+        if skip != "crc" and struct.unpack_from("<I", raw, 508)[0] != fmt.crc32c(raw[:508]):
+            return False
+        gen = struct.unpack_from("<Q", raw, 8)[0]
+        return skip == "generation" or (gen >= 1 and gen % 2 == (1 if index == 0 else 0))
+    fmt.slot_is_valid = slot_is_valid
+
+
+def _lookup_by_iteration() -> None:
+    from nvbox import _tree
+
+    def dir_lookup(self, root, depth, name, key=None):
+        for e in self.dir_iter(root, depth):
+            if e.name == name:
+                return e
+        return None
+    _tree.Trees.dir_lookup = dir_lookup
+
+
+def _check_does_nothing() -> None:
+    from nvbox import check
+
+    def check_image(image, progress=None):
+        return check.CheckResult(image_clusters=image.slot.image_clusters)
+    check.check_image = check_image
+
+
+def _check_open_errors_fail() -> None:
+    from nvbox import adapter
+
+    def verb_check(args):
+        from nvbox.check import check_image
+        with adapter._open(args[0]) as img:
+            r = check_image(img).to_json()
+        return {"verdict": r["verdict"]}
+    adapter.verb_check = verb_check
+    adapter.VERBS["check"] = verb_check
+
+
+def _der_minimality() -> None:
+    from nvbox import _der
+
+    def read_tlv(buf, pos, end):
+        if pos + 2 > end:
+            _der._bad("truncated tag or length")
+        tag = buf[pos]
+        if tag not in _der._UNIVERSAL and not (tag & 0xC0 == 0x80 and tag & 0x1F != 0x1F):
+            _der._bad(f"tag 0x{tag:02x} is outside the subset")
+        first = buf[pos + 1]
+        pos += 2
+        if first < 0x80:
+            length = first
+        elif first == 0x80:
+            _der._bad("indefinite length")
+        else:
+            nbytes = first & 0x7F
+            if nbytes > 3:
+                _der._bad("length of more than 3 bytes")
+            length = int.from_bytes(buf[pos:pos + nbytes], "big")   # no minimality check
+            pos += nbytes
+        if pos + length > end:
+            _der._bad("content runs past its container")
+        return tag, pos, pos + length
+
+    def as_integer(buf, cs, ce, maximum=(1 << 64) - 1):
+        if ce == cs:
+            _der._bad("empty INTEGER")
+        if buf[cs] & 0x80:
+            _der._bad("negative INTEGER")
+        value = int.from_bytes(buf[cs:ce], "big")                  # no minimality, no 9-byte limit
+        if value > maximum:
+            _der._bad("INTEGER above its limit")
+        return value
+
+    _der.read_tlv = read_tlv
+    _der.as_integer = as_integer
+
+
+def _check_verdict(kind: str) -> None:
+    from nvbox import check
+
+    def verdict(self):
+        if self.corruptions or (self.refcount_errors and kind != "undercount"):
+            return "corrupt"
+        if kind == "leaks-ignored":
+            return "clean"
+        return "leaks" if (self.leaks or self.refcount_errors) else "clean"
+    check.CheckResult.verdict = property(verdict)
+
+
+def _refcount_wrap() -> None:
+    from nvbox import _store
+
+    def set_count(self, index, value):
+        self.counts[index] = value & 0xFFFF
+        self._unapplied.add(index)
+    _store.ClusterStore.set_count = set_count
+
+
+def apply(variant: str) -> None:
+    if variant in SUPPRESS:
+        _suppress(SUPPRESS[variant][1])
+    elif variant == "older-slot":
+        _older_slot()
+    elif variant == "slot-generation-unchecked":
+        _slot_validity("generation")
+    elif variant == "slot-crc-unchecked":
+        _slot_validity("crc")
+    elif variant == "lookup-by-iteration":
+        _lookup_by_iteration()
+    elif variant == "check-does-nothing":
+        _check_does_nothing()
+    elif variant == "check-open-errors-fail":
+        _check_open_errors_fail()
+    elif variant == "der-minimality-unchecked":
+        _der_minimality()
+    elif variant == "check-undercount-is-leak":
+        _check_verdict("undercount")
+    elif variant == "check-leaks-ignored":
+        _check_verdict("leaks-ignored")
+    elif variant == "refcount-wrap":
+        _refcount_wrap()
+    else:
+        raise SystemExit(f"unknown variant {variant!r}; --list shows them")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "--list"):
+        for v in VARIANTS:
+            print(f"{v:28} {SUPPRESS[v][0] if v in SUPPRESS else BEHAVIOUR[v]}")
+        sys.exit(0 if argv and argv[0] == "--list" else 2)
+    apply(argv[0])
+    from nvbox import adapter
+    sys.argv = ["nvbox.adapter"] + argv[1:]
+    adapter._entry()
+
+
+if __name__ == "__main__":
+    main()
