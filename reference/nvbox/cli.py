@@ -1529,6 +1529,79 @@ Examples:
                        f"{result['moved']} cluster{'s' if result['moved'] != 1 else ''} moved)")
 
 
+# -- key --------------------------------------------------------------------------------------
+
+@cli.group(context_settings=CONTEXT, help="""\
+Manage the key slots of an encrypted image (8 slots; each wraps the image's
+master key under a passphrase or a key file).  Unlock with the usual options
+(--key-file, --passphrase-file or NVBOX_PASSPHRASE); name the new key with
+--new-key-file or --new-passphrase-file.  Secrets are never taken on the
+command line.
+
+\b
+Examples:
+  nvbox key list --key-file old.key vm.nvbox
+  nvbox key add --key-file old.key --new-passphrase-file pass.txt vm.nvbox
+  nvbox key remove --passphrase-file pass.txt vm.nvbox 0""")
+def key():
+    pass
+
+
+def _new_key(new_key_file, new_passphrase_file):
+    if bool(new_key_file) == bool(new_passphrase_file):
+        raise_code("usage.argument", "give exactly one of --new-key-file and --new-passphrase-file")
+    return load_key(new_key_file, new_passphrase_file, environ={})
+
+
+@key.command("list", context_settings=CONTEXT, help="The key slots in use: index, kind and KDF settings.")
+@output_option
+@key_options
+@click.argument("image", type=click.Path(dir_okay=False))
+@_guard()
+def key_list(image, output, key_file, passphrase_file):
+    with _open(image, "r", key_file, passphrase_file) as img:
+        slots = img.key_slots.list()
+    if output == "json":
+        _json({"slots": slots})
+        return
+    for s in slots:
+        extra = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("index", "kind"))
+        click.echo(f"slot {s['index']}: {s['kind']}" + (f" ({extra})" if extra else ""))
+
+
+@key.command("add", context_settings=CONTEXT, help="Add a key slot for a new passphrase or key file (one commit).")
+@output_option
+@key_options
+@click.option("--new-key-file", type=click.Path(dir_okay=False), metavar="FILE", help="The new key file.")
+@click.option("--new-passphrase-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="A file holding the new passphrase.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@_guard()
+def key_add(image, output, key_file, passphrase_file, new_key_file, new_passphrase_file):
+    new = _new_key(new_key_file, new_passphrase_file)
+    with _open(image, "rw", key_file, passphrase_file) as img:
+        index = img.key_slots.add(new)
+    if output == "json":
+        _json({"added": index})
+    else:
+        click.echo(f"Added key slot {index}.")
+
+
+@key.command("remove", context_settings=CONTEXT, help="Remove key slot SLOT (refused for the last one).")
+@output_option
+@key_options
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("slot", type=int)
+@_guard()
+def key_remove(image, slot, output, key_file, passphrase_file):
+    with _open(image, "rw", key_file, passphrase_file) as img:
+        img.key_slots.remove(slot)
+    if output == "json":
+        _json({"removed": slot})
+    else:
+        click.echo(f"Removed key slot {slot}.")
+
+
 # -- map ------------------------------------------------------------------------------------
 
 @cli.command("map", context_settings=CONTEXT, help="""\
