@@ -63,6 +63,7 @@ BEHAVIOUR = {
     "older-slot": "the valid slot with the LOWER generation is used",
     "slot-generation-unchecked": "a slot's generation (>= 1, parity) is not checked",
     "slot-crc-unchecked": "a slot's CRC is not checked",
+    "slot-mac-unchecked": "an encrypted image's slot MAC is not verified",
     "lookup-by-iteration": "blobs are found by walking the directory, not by key (branch ranges never matter)",
     "check-does-nothing": "check reports clean for every image it can open",
     "check-open-errors-fail": "check exits 1 with the error when the image cannot be opened",
@@ -255,6 +256,9 @@ def apply(variant: str) -> None:
         _slot_validity("generation")
     elif variant == "slot-crc-unchecked":
         _slot_validity("crc")
+    elif variant == "slot-mac-unchecked":
+        from nvbox import crypto
+        crypto.Cipher.verify_slot = lambda self, raw: True
     elif variant == "lookup-by-iteration":
         _lookup_by_iteration()
     elif variant == "check-does-nothing":
