@@ -522,7 +522,7 @@ class Editor:
         holders = set()
         for r in node.parents:
             holders |= self._write_ptr_bytes(r, 8, crc)
-        for kind, idx in holders:
+        for kind, idx in sorted(holders):
             if kind == "slot":
                 self.reseal_slot(idx)
             elif kind == "enc":

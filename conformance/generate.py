@@ -521,6 +521,7 @@ UNCOVERED = {
     "R-alloc-4": "the refcount fixpoint is internal to a writer; write and crash cases check its result (a clean check)",
     "R-enc-6": "nonce randomness is statistical; no single file shows a repeated or counter nonce",
     "R-error-1": "about the registry and the spec's table (conformance/registry/errors.json is generated from it)",
+    "R-check-2": "repair is not part of the process protocol (no `repair` verb); check verdicts (R-check-1) are covered",
     "R-conv-1": "byte order is exercised by every case; no case isolates it",
 }
 
