@@ -38,13 +38,12 @@ tour: $(STAMP)
 	$(VENV)/bin/python reference/tour.py
 
 run: $(STAMP) tools kaitai
-	@if [ -d conformance/cases ]; then $(PY) -m conformance run --impl "$(abspath $(PY)) -m nvbox.adapter"; fi
+	$(PY) -m conformance run --impl "$(abspath $(PY)) -m nvbox.adapter" --expect conformance/reference-expectations.txt
 	$(MAKE) -s tour
 
 test: $(STAMP) tools kaitai
-	$(PY) -m pytest reference/tests $(wildcard ksy/tests) $(wildcard conformance/tests) $(wildcard benchmarks/tests) -q -x -p no:cacheprovider
-	@if [ -d conformance/cases ]; then $(PY) -m conformance run --impl "$(abspath $(PY)) -m nvbox.adapter"; fi
-	@if [ -f benchmarks/conftest.py ]; then $(MAKE) -s bench-quick; fi
+	$(PY) -m pytest reference/tests ksy/tests conformance/tests benchmarks/tests -q -p no:cacheprovider
+	$(MAKE) -s bench-quick
 
 clean:
 	rm -rf $(VENV) ksy/build ksy/node_modules .pytest_cache .benchmarks
@@ -57,3 +56,12 @@ bench: $(STAMP) tools
 	NVBOX_BENCH=full $(PY) -m pytest benchmarks/test_bench_*.py -q -p no:cacheprovider --benchmark-json=benchmarks/results/raw-full.json
 	$(PY) benchmarks/report.py benchmarks/results/raw-full.json --name latest
 	$(PY) benchmarks/report.py benchmarks/results/raw-full.json --name timestamp --no-readme
+
+corpus: $(STAMP)
+	$(PY) -m conformance.generate
+
+corpus-check: $(STAMP)
+	$(PY) -m conformance.generate --check
+
+corpus-dist: $(STAMP)
+	$(PY) -m conformance.dist

@@ -443,8 +443,8 @@ def decode_slot(raw: bytes, header: Header) -> Slot:
         bad("refcount_root is null")
     if dir_root.is_null != (dir_depth == 0):
         bad("dir_root must be null exactly when dir_depth is 0")
-    if snaptable_root.is_null and snaptable_size and False:
-        pass  # a null root with non-zero size is a sparse (all-zero) table: invalid DER, caught on read
+    if snaptable_root.is_null != (snaptable_size == 0):
+        bad("snaptable_root must be null exactly when snaptable_size is 0")
     if keyslots.is_null == encrypted:
         bad("keyslots must be set exactly when the image is encrypted")
     for ptr in (refcount_root, dir_root, snaptable_root, keyslots):

@@ -370,19 +370,31 @@ class Trees:
     # -- directory: reading ----------------------------------------------------------------
 
     def dir_lookup(self, root, depth: int, name: str, key: bytes | None = None):
-        """The entry named ``name`` (a DirEntry or Blob) or None."""
+        """The entry named ``name`` (a DirEntry or Blob) or None.
+
+        Each node's first and last keys are checked against the range its
+        branch promises (R-dir-2): keys are sorted, so that is O(1) per node and
+        a misplaced key is reported rather than read as a missing blob.
+        """
         if depth == 0:
             return None
         key = key or fmt.blob_key(name)
         node, level = root, depth - 1
+        low, high = b"", None
         while True:
             items, keys = self._items(node, level)
+            first = keys[1] if level and len(keys) > 1 else (keys[0] if not level else None)
+            if (first is not None and first < low) or (high is not None and keys[-1] >= high):
+                raise_code("directory.order", "a directory node holds keys outside its branch's range")
             if level == 0:
                 i = bisect.bisect_left(keys, key)
                 if i < len(keys) and keys[i] == key:
                     return items[i]
                 return None
             i = bisect.bisect_right(keys, key) - 1
+            low = keys[i] or low
+            if i + 1 < len(keys):
+                high = keys[i + 1]
             node = items[i][1] if isinstance(items[i], list) else items[i].child
             level -= 1
 

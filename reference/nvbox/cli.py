@@ -1553,7 +1553,13 @@ def _new_key(new_key_file, new_passphrase_file):
     return load_key(new_key_file, new_passphrase_file, environ={})
 
 
-@key.command("list", context_settings=CONTEXT, help="The key slots in use: index, kind and KDF settings.")
+@key.command("list", context_settings=CONTEXT, help="""\
+The key slots in use: index, kind and KDF settings (never secrets).
+
+\b
+Examples:
+  nvbox key list --key-file vm.key vm.nvbox
+  nvbox key list --output json --passphrase-file pass.txt vm.nvbox""")
 @output_option
 @key_options
 @click.argument("image", type=click.Path(dir_okay=False))
@@ -1569,7 +1575,13 @@ def key_list(image, output, key_file, passphrase_file):
         click.echo(f"slot {s['index']}: {s['kind']}" + (f" ({extra})" if extra else ""))
 
 
-@key.command("add", context_settings=CONTEXT, help="Add a key slot for a new passphrase or key file (one commit).")
+@key.command("add", context_settings=CONTEXT, help="""\
+Add a key slot for a new passphrase or key file (one commit).
+
+\b
+Examples:
+  nvbox key add --key-file vm.key --new-passphrase-file pass.txt vm.nvbox
+  nvbox key add --passphrase-file pass.txt --new-key-file backup.key vm.nvbox""")
 @output_option
 @key_options
 @click.option("--new-key-file", type=click.Path(dir_okay=False), metavar="FILE", help="The new key file.")
@@ -1587,7 +1599,12 @@ def key_add(image, output, key_file, passphrase_file, new_key_file, new_passphra
         click.echo(f"Added key slot {index}.")
 
 
-@key.command("remove", context_settings=CONTEXT, help="Remove key slot SLOT (refused for the last one).")
+@key.command("remove", context_settings=CONTEXT, help="""\
+Remove key slot SLOT (refused for the last one; see 'nvbox key list').
+
+\b
+Examples:
+  nvbox key remove --passphrase-file pass.txt vm.nvbox 0""")
 @output_option
 @key_options
 @click.argument("image", type=click.Path(dir_okay=False))
