@@ -489,15 +489,15 @@ class Trees:
             branch = (fmt.tlv_len(fmt.tlv_len(0) + fmt.tlv_len(width)), fmt.tlv_len(fmt.tlv_len(32) + fmt.tlv_len(width)))
             sizes = [branch[len(k) == 32] for k, _ in node.items]
         total = sum(sizes)
-        if len(der.encode_length(total)) + 1 + total <= limit:
+        if len(der.encode_length(total)) + 1 + total <= limit and len(sizes) <= fmt.MAX_NODE_ITEMS:
             return [node.items]
         # Split into pieces of about equal encoded size, each within the limit.
         room = limit - 4
-        pieces = -(-total // room)
+        pieces = max(-(-total // room), -(-len(sizes) // fmt.MAX_NODE_ITEMS))
         target = -(-total // pieces)
         groups, current, used = [], [], 0
         for item, s in zip(node.items, sizes):
-            if current and (used + s > room or used >= target):
+            if current and (used + s > room or used >= target or len(current) >= fmt.MAX_NODE_ITEMS):
                 groups.append(current)
                 current, used = [], 0
             current.append(item)

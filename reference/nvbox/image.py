@@ -158,7 +158,10 @@ class Image:
             try:
                 return fn(*args)
             except NvboxError as exc:
-                if self.writable or exc.code not in ("cluster.checksum", "cluster.auth") \
+                # A commit (or a compaction's truncation) by the writer can reuse
+                # or cut a cluster this reader still needed (R-lock-2).
+                if self.writable or exc.code not in ("cluster.checksum", "cluster.auth", "image.truncated",
+                                                     "pointer.out_of_range") \
                         or attempt == _READ_RETRIES - 1 or not self._refresh_reader():
                     raise
 
