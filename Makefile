@@ -57,6 +57,18 @@ bench: $(STAMP) tools
 	$(PY) benchmarks/report.py benchmarks/results/raw-full.json --name latest
 	$(PY) benchmarks/report.py benchmarks/results/raw-full.json --name timestamp --no-readme
 
+# The long crash exploration: at least 1,000,000 crash states over every
+# workload (hours on 2 cores; CI runs the 30,000-state subset in make test).
+crash-full: $(STAMP)
+	NVBOX_CRASH=full $(PY) reference/tests/crash_full.py --json benchmarks/results/crash-full.json
+
+# Coverage-guided fuzzing of the reader with atheris (not a CI step).
+# FUZZ_TIME=seconds (default 600); crashers land in the working directory.
+fuzz: $(STAMP)
+	$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q atheris
+	mkdir -p .fuzz-corpus
+	$(PY) reference/fuzz/fuzz_open.py -max_total_time=$${FUZZ_TIME:-600} -rss_limit_mb=512 -timeout=2 .fuzz-corpus
+
 corpus: $(STAMP)
 	$(PY) -m conformance.generate
 
