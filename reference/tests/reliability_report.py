@@ -172,8 +172,8 @@ def render(crash, faults, fuzz, conc, full) -> str:
         lines.append(f"- {f}")
     lines += ["", "## Rerun", "",
               "```", "python reference/tests/reliability_report.py            # this file",
-              "NVBOX_CRASH=full python reference/tests/crash_full.py --json /tmp/crash-full.json   # make crash-full",
-              "python reference/fuzz/fuzz_open.py -max_total_time=600   # make fuzz (atheris)", "```", ""]
+              "make crash-full   # NVBOX_CRASH=full python reference/tests/crash_full.py --json benchmarks/results/crash-full.json",
+              "make fuzz FUZZ_TIME=600   # installs atheris, then reference/fuzz/fuzz_open.py on .fuzz-corpus/", "```", ""]
     return "\n".join(lines)
 
 
