@@ -66,6 +66,11 @@ KNOWN_EXTENSIONS = {EXT_CREATOR}
 KIND_DATA, KIND_MAP, KIND_REFBLOCK, KIND_REFINDEX, KIND_DIR, KIND_SNAPDATA = 1, 2, 3, 4, 5, 6
 
 
+def _nonzero(data) -> bool:
+    """True when ``data`` holds a byte other than zero (C speed, unlike any())."""
+    return bool(bytes(data).lstrip(b"\0"))
+
+
 def crc32c(data) -> int:
     return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
 
@@ -176,7 +181,7 @@ def decode_pointer(raw, width: int) -> Pointer:
         raise_code("image.truncated", f"a pointer needs {width} bytes, got {len(raw)}")
     offset, crc = struct.unpack_from("<QI", raw, 0)
     if offset == 0:
-        if any(raw[:width]):
+        if _nonzero(raw[:width]):
             raise_code("pointer.reserved", "a null pointer has non-zero bytes")
         return NULL
     if width == PLAIN_POINTER:
@@ -215,7 +220,7 @@ def decode_pointers(raw, geo: Geometry) -> list[Pointer]:
     n = geo.fanout
     if len(raw) != geo.cluster_size:
         raise_code("image.truncated", f"a node needs {geo.cluster_size} bytes, got {len(raw)}")
-    if any(raw[n * w:]):
+    if _nonzero(raw[n * w:]):
         raise_code("pointer.reserved", "non-zero bytes after a node's last pointer")
     if w == PLAIN_POINTER:
         out = []
@@ -287,7 +292,7 @@ def decode_header(raw: bytes) -> Header:
         raise_code("header.cluster_size", f"cluster_bits {cluster_bits} outside 9..21")
     if refcount_order != REFCOUNT_ORDER:
         raise_code("header.field", f"refcount_order {refcount_order}, must be 4")
-    if reserved0 or header_flags or any(raw[56:header_length]):
+    if reserved0 or header_flags or _nonzero(raw[56:header_length]):
         raise_code("header.field", "reserved header bytes are not zero")
     geo = Geometry(cluster_bits)
     if capacity and not geo.header_clusters + 2 <= capacity <= MAX_IMAGE_CLUSTERS:
@@ -308,7 +313,7 @@ def decode_header(raw: bytes) -> Header:
         if pos + 8 + padded + 8 > 508:
             raise_code("header.extension", "extension record runs past the header")
         data = bytes(raw[pos + 8:pos + 8 + length])
-        if any(raw[pos + 8 + length:pos + 8 + padded]):
+        if _nonzero(raw[pos + 8 + length:pos + 8 + padded]):
             raise_code("header.extension", "non-zero extension padding")
         if ext_type not in KNOWN_EXTENSIONS and ext_flags & EXT_REQUIRED:
             raise_code("header.extension_required", f"unknown required header extension type {ext_type}")
@@ -321,7 +326,7 @@ def decode_header(raw: bytes) -> Header:
                 raise_code("header.extension", "creator extension longer than 64 bytes")
         extensions.append(Extension(ext_type, ext_flags, data, pos))
         pos += 8 + padded
-    if any(raw[pos + 8:508]):
+    if _nonzero(raw[pos + 8:508]):
         raise_code("header.extension", "non-zero bytes after the end record")
     return Header(cluster_bits, bytes(image_uuid), capacity, create_time, header_length, refcount_order,
                   tuple(extensions))
@@ -404,14 +409,14 @@ def decode_slot(raw: bytes, header: Header) -> Slot:
         raise_code("slot.field", why)
 
     alloc_hint = struct.unpack_from("<Q", raw, 248)[0]
-    if reserved0 or any(raw[256:476]):
+    if reserved0 or _nonzero(raw[256:476]):
         bad("reserved slot bytes are not zero")
     for off in (88, 128, 168):
-        if any(raw[off + width:off + POINTER_FIELD]):
+        if _nonzero(raw[off + width:off + POINTER_FIELD]):
             bad("bytes after a root pointer are not zero")
-    if any(raw[224:248]):
+    if _nonzero(raw[224:248]):
         bad("bytes after the keyslots pointer are not zero")
-    if not encrypted and any(raw[476:508]):
+    if not encrypted and _nonzero(raw[476:508]):
         bad("slot_mac is not zero in a plain image")
     if not geo.header_clusters + 1 <= image_clusters <= MAX_IMAGE_CLUSTERS:
         bad(f"image_clusters {image_clusters} out of range")
@@ -637,7 +642,7 @@ def decode_dir_node(raw, geo: Geometry, expected_level: int | None = None) -> Di
     if body_length > geo.dir_body_max:
         raise_code("directory.node", f"body_length {body_length} exceeds the cluster")
     end = DIR_NODE_HEADER + body_length
-    if any(raw[end:]):
+    if _nonzero(raw[end:]):
         raise_code("directory.node", "non-zero padding after the directory node body")
     if expected_level is not None and level != expected_level:
         raise_code("directory.depth", f"directory node at level {level}, expected {expected_level}")
@@ -775,15 +780,15 @@ def decode_keyslots(raw) -> list[KeySlot]:
 
     if magic != KEYSLOT_MAGIC or version != 1 or num != NUM_KEYSLOTS or cipher != 1:
         bad("key slot table header is not NVKS version 1 with 8 AES-256-GCM slots")
-    if any(raw[12:32]) or any(raw[32 + NUM_KEYSLOTS * KEYSLOT_SIZE:]):
+    if _nonzero(raw[12:32]) or _nonzero(raw[32 + NUM_KEYSLOTS * KEYSLOT_SIZE:]):
         bad("reserved key slot table bytes are not zero")
     out = []
     for i in range(NUM_KEYSLOTS):
         chunk = raw[32 + i * KEYSLOT_SIZE:32 + (i + 1) * KEYSLOT_SIZE]
         kind, t, m, p, salt, nonce, wrapped, tag = struct.unpack("<B3xIII16s12s32s16s4x", chunk)
-        if kind not in KEYSLOT_KINDS or any(chunk[1:4]) or any(chunk[92:96]):
+        if kind not in KEYSLOT_KINDS or _nonzero(chunk[1:4]) or _nonzero(chunk[92:96]):
             bad(f"key slot {i} has an unknown kind or non-zero reserved bytes")
-        if kind == 0 and any(chunk):
+        if kind == 0 and _nonzero(chunk):
             bad(f"empty key slot {i} is not all zero")
         out.append(KeySlot(kind, t, m, p, salt, nonce, wrapped, tag))
     if not any(s.in_use for s in out):
