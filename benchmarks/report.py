@@ -309,7 +309,7 @@ def update_readme(readme, rows, m, name, made) -> None:
              f"Machine: {machine_line(m)}.", ""]
     tt = targets_table(rows)
     if tt:
-        parts += ["### Targets (issues 2, 3, 8)", "", tt, ""]
+        parts += ["### Targets (issues 2, 3, 6, 8)", "", tt, ""]
     i3 = issue3_table(rows)
     if i3:
         parts += ["### Issue 3: snapshot cost against allocated size (4 KiB clusters)", "", i3, ""]
