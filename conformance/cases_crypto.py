@@ -118,7 +118,7 @@ def _all_cases(c) -> None:
     m_node = e.blob_node("c/multi", "map").index
     e.poke_cluster(m_node, CS - 3, b"\x01")
     inv("n_crypto_map-node-trailing-bytes", "Non-zero bytes after the last 40-byte pointer of a map node (1024 = 25 * 40 + 24)",
-        ["R-ptr-1", "R-map-1"], e.bytes(), "pointer.reserved")
+        ["R-ptr-1", "R-map-1", "R-map-4"], e.bytes(), "pointer.reserved")
     e = editor(raw)
     e.set_slot("keyslots", bytes(40))
     inv("n_crypto_keyslots-pointer-null", "An encrypted image whose slot has no keyslots pointer", ["R-enc-1", "R-slot-5"], e.bytes(),

@@ -156,7 +156,7 @@ def read_valid(c) -> None:
              "tab\tname", "x" * 10]
     raw, m = build("unicode-names", [put(n, n.encode()) for n in names], CS)
     c.read_valid("name", "y_name_unicode", "Blob names with multi-byte UTF-8, combining marks and control characters",
-                 ["R-dir-3"], raw, m.logical())
+                 ["R-dir-3", "R-dir-9"], raw, m.logical())
     long1 = "n" * 255
     long2 = "é" * 127 + "z"   # 255 bytes
     raw, m = build("max-names", [put(long1, b"a"), put(long2, pattern(100, "l2"))], 1024)
@@ -646,7 +646,7 @@ def pointer_invalid(c) -> None:
         e = ed_of(raw)
         v = val(e)
         e.set_slot(fieldname, v + bytes(40 - len(v)))
-        c.read_invalid("pointer", f"n_pointer_{name}", f"The active slot's {desc}", [P, "R-slot-5"], e.bytes(), code)
+        c.read_invalid("pointer", f"n_pointer_{name}", f"The active slot's {desc}", [P, "R-slot-5", "R-slot-8"], e.bytes(), code)
 
 
 # -- checksums ----------------------------------------------------------------------------
@@ -832,7 +832,7 @@ def directory_invalid(c) -> None:
 
     def hdr(**kw):
         return lambda e, i: e.set_dir_node(i, e.dir_body(i), header=kw)
-    N = ["R-dir-1"]
+    N = ["R-dir-1", "R-dir-6"]
     node("n_dir_node-magic", "A directory node whose magic is NVDX", hdr(magic=b"NVDX"), "directory.node", N)
     node("n_dir_node-reserved0", "A directory node with reserved0 non-zero", hdr(reserved0=1), "directory.node", N + ["R-conv-5"])
     node("n_dir_node-reserved1", "A directory node with reserved1 non-zero", hdr(reserved1=1 << 24), "directory.node", N + ["R-conv-5"])
@@ -1095,7 +1095,7 @@ def acceptable(c) -> None:
     e = ed_of(raw)
     e.set_slot("blob_count", 9)
     c.read_acceptable("directory", "i_dir_blob-count-wrong", "blob_count 9 while the directory holds 5 entries",
-                      ["R-dir-1", "R-check-1"], e.bytes(), m.logical(), ["directory.entry"], L)
+                      ["R-dir-1", "R-dir-7", "R-check-1"], e.bytes(), m.logical(), ["directory.entry"], L)
     e = ed_of(raw)
     e.set_slot("alloc_hint", e.get_slot("image_clusters"))
     c.read_acceptable("slot", "i_slot_alloc-hint-above-free", "alloc_hint above the lowest free cluster (readers ignore it)",
@@ -1158,7 +1158,7 @@ def check_cases(c) -> None:
     c.check("leaks", "k_leaks_shared-count-too-high", "A cluster shared by a snapshot counts one reference too many", C, e.bytes(), "leaks")
     e = ed_of(raw)
     set_count(e, ic + 3, 1)
-    c.check("corrupt", "k_corrupt_count-beyond-image", "A count set for a cluster past image_clusters", ["R-check-1", "R-ref-1"],
+    c.check("corrupt", "k_corrupt_count-beyond-image", "A count set for a cluster past image_clusters", ["R-check-1", "R-ref-1", "R-ref-7"],
             e.bytes(), "corrupt")
     e = ed_of(raw)
     tailn = e.blob_node("c/multi", first_cluster=5)
@@ -1166,7 +1166,7 @@ def check_cases(c) -> None:
     c.check("corrupt", "k_corrupt_map-tail-bytes", "Non-zero bytes after a blob's end", ["R-check-1", "R-map-3"], e.bytes(), "corrupt")
     e = ed_of(raw)
     e.set_slot("blob_count", 9)
-    c.check("corrupt", "k_corrupt_blob-count", "blob_count differs from the directory's entries", ["R-check-1", "R-dir-1"], e.bytes(),
+    c.check("corrupt", "k_corrupt_blob-count", "blob_count differs from the directory's entries", ["R-check-1", "R-dir-1", "R-dir-7"], e.bytes(),
             "corrupt")
     e = ed_of(raw)
     e.set_slot("alloc_hint", e.get_slot("image_clusters"))

@@ -517,6 +517,8 @@ UNCOVERED = {
     "R-lock-2": "about a reader racing a concurrent writer; no static file can show it",
     "R-commit-2": "counts flushes, which only a block-level trace of a writer shows; the crash cases test its consequence",
     "R-commit-4": "a failed write or flush needs fault injection inside the implementation; not expressible through the process protocol",
+    "R-commit-5": "re-reading the slots after a failed commit needs fault injection inside the implementation; not expressible through the process protocol",
+    "R-alloc-7": "reaching 2^40 clusters or a full six-level refcount tree needs an image far larger than the corpus's 64 KiB limit",
     "R-ref-4": "refcount.overflow needs a count to exceed 65535; within the spec's limits (1024 snapshots) no operation script reaches it, and a crafted image that must make `rewrite` fail cannot be expressed (roundtrip cases must succeed)",
     "R-alloc-4": "the refcount fixpoint is internal to a writer; write and crash cases check its result (a clean check)",
     "R-enc-6": "nonce randomness is statistical; no single file shows a repeated or counter nonce",
