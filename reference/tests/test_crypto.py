@@ -486,6 +486,8 @@ def test_nonces_never_repeat_across_crashes_and_reopens(nonce_log):
 # -- keys and slots ------------------------------------------------------------------------------
 
 def test_wrong_missing_and_damaged_keys(tmp_path):
+    """[R-enc-2] [R-enc-3] [R-enc-7] wrong and missing keys; a damaged key slot table,
+    including recorded KDF parameters out of bounds, is key.slot_damaged."""
     path = tmp_path / "k.nvbox"
     with nvbox.create(path, 1024, encrypt=True, key=PASS) as img:
         img["a"] = b"x" * 3000

@@ -1,4 +1,4 @@
-"""Fault injection (issue 7; spec R-commit-4, R-alloc-3): storage that fails.
+"""Fault injection (issue 7; spec R-commit-4, R-commit-5, R-alloc-3): storage that fails.
 
 For every operation type of the crash tests, on the small, multi-level and
 encrypted base images, a ``nvbox.crashsim.FaultyDevice`` makes one call fail

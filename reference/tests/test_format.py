@@ -389,7 +389,8 @@ def test_slot_above_capacity():
 
 
 def test_slot_root_pointer_rules():
-    """[R-ptr-2] rules 1-3 applied to the slot's root pointers."""
+    """[R-ptr-2] [R-slot-8] rules 1-3 applied to the slot's root pointers: a misaligned or
+    out-of-range root pointer is pointer.*, its malformed bytes slot.field."""
     assert code_of(fmt.decode_slot, good_slot(refcount_root=fmt.Pointer(4097, 1)).encode(), HEADER) \
         == "pointer.misaligned"
     assert code_of(fmt.decode_slot, good_slot(refcount_root=fmt.Pointer(0, 0)).encode(), HEADER) == "slot.field"
@@ -478,6 +479,8 @@ def test_pointer_alignment_and_range():
 
 
 def test_pointer_node_roundtrip_and_trailing():
+    """[R-map-4] [R-ref-8] a pointer node (map node or refcount index node: one decoder)
+    round-trips; its trailing bytes and its pointers' reserved bytes must be zero."""
     g = fmt.Geometry(9)
     ptrs = [fmt.Pointer((i + 4) * 512, i * 7) if i % 3 else fmt.NULL for i in range(g.fanout)]
     raw = fmt.encode_pointers(ptrs, g)
@@ -545,6 +548,7 @@ def node_poke(raw, off, code, value):
 
 
 def test_dir_node_header_violations():
+    """[R-dir-6] every rule of the node header table, with the code it names."""
     raw = fmt.encode_dir_node(0, entries_sorted(["a", "b"]), G9)
     body_len = struct.unpack_from("<I", raw, 8)[0]
     assert code_of(fmt.decode_dir_node, node_poke(raw, 0, "4s", b"NVDM"), G9) == "directory.node"

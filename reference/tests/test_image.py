@@ -561,7 +561,8 @@ class FailingDevice(BlockDevice):
 
 @pytest.mark.parametrize("how", ["write", "first flush", "second flush"])
 def test_failed_operation_keeps_last_commit(how):
-    """[R-commit-4] a failed write or flush abandons the transaction."""
+    """[R-commit-4] [R-commit-5] a failed write or flush abandons the transaction; after a
+    failure at the slot's flush the handle continues from whichever slot the device holds."""
     mem = MemoryDevice()
     dev = FailingDevice(mem)
     img = nvbox.create(dev, cluster_size=512)
