@@ -29,6 +29,8 @@ ERROR_CODES: dict[str, tuple[str, str, str]] = {
     "image.closed": ("ImageClosedError", "the image handle is closed", "state"),
     "image.exists": ("ImageExistsError", "refusing to overwrite an existing file", "usage"),
     "image.poisoned": ("ImagePoisonedError", "a failed commit left this handle unusable; reopen the image", "state"),
+    "image.busy": ("ImageBusyError", "the writer committed so fast that a reader's retries ran out; try again", "state"),
+    "image.changed": ("ImageChangedError", "later commits overwrote the commit a read transaction reads; run it again", "state"),
     "header.magic": ("HeaderMagicError", "the signature is not nvbox's (or was mangled by a text-mode transfer)", "corrupt"),
     "header.version": ("HeaderVersionError", "the format version is not 1", "unsupported"),
     "header.checksum": ("HeaderChecksumError", "the header's CRC-32C does not match", "corrupt"),

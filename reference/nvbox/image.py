@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -21,11 +22,33 @@ from . import _format as fmt
 from ._store import ClusterStore
 from ._tree import NULL, Blob, DirNode, MapNode, Trees
 from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
-from .errors import NvboxError, raise_code
+from .errors import NvboxError, error_class, raise_code
 
 __all__ = ["Image", "BlobStat", "BlobIO", "SnapshotInfo", "create", "open_image", "parse_size"]
 
-_READ_RETRIES = 3
+# A read-only handle's retries when the writer's commits reuse or cut off clusters
+# it needs (R-lock-2): the first retry is immediate, later ones pause a little
+# longer each time (up to _PAUSE_MAX), about a second in all before image.busy.
+_READ_ATTEMPTS = 40
+_PAUSE_FIRST, _PAUSE_MAX = 0.0005, 0.02
+# Errors a concurrent writer can cause: a reused cluster fails its checksum (or
+# authentication); a compaction's truncation cuts clusters off, and a reader
+# that read the slots before that commit sees pointers past the new end.
+_READ_RACE_CODES = frozenset({"cluster.checksum", "cluster.auth", "image.truncated", "pointer.out_of_range"})
+# Opening also reads the key slot table of an encrypted image.
+_OPEN_RACE_CODES = _READ_RACE_CODES | {"key.slot_damaged"}
+_jitter = random.Random()
+
+
+def _pause(attempt: int) -> None:
+    time.sleep(min(_PAUSE_MAX, _PAUSE_FIRST * 2 ** attempt) * (0.5 + _jitter.random() / 2))
+
+
+def _newest_generation(raw: bytes) -> int:
+    """The highest generation among the valid slots of a header area (0 if none)."""
+    gens = [int.from_bytes(raw[off + 8:off + 16], "little") for index, off in enumerate(fmt.SLOT_OFFSETS)
+            if fmt.slot_is_valid(raw[off:off + fmt.SECTOR], index)]
+    return max(gens, default=0)
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,15 @@ class Image:
 
     Dict-like: ``img[name] = data``, ``img[name]``, ``del img[name]``,
     ``name in img``, ``len(img)``, iteration over names.
+
+    A read-only handle next to a writer (spec 12.2): each read call returns
+    data of one complete commit, never a mix.  Between calls the handle may
+    move to a newer commit (when a read meets a cluster the writer reused, or
+    on ``refresh()``), so several calls (``items()``, a ``BlobIO``'s reads,
+    ``names()`` then ``img[name]``) can see several commits unless they run
+    inside ``with img.read_transaction():``, which keeps them on one commit or
+    raises ``image.changed``.  A read that a fast writer keeps failing gives up
+    with ``image.busy``; neither code means damage.
     """
 
     def __init__(self, dev: BlockDevice, writable: bool, key=None, path: str | None = None):
@@ -83,13 +115,42 @@ class Image:
         self._key = key
         self._closed = False
         self._txn_depth = 0
+        self._pin_depth = 0             # read_transaction() blocks open
+        self._read_depth = 0            # _reading calls open (the outermost one retries)
         self._load()
 
     # -- opening ---------------------------------------------------------------------
 
-    def _load(self) -> None:
-        """Read the header and the newest valid slot (R-header-9, R-slot-2..6)."""
-        raw = self.dev.read(0, fmt.HEADER_AREA)
+    def _load(self, raw: bytes | None = None) -> None:
+        """Read the header and the newest valid slot (R-header-9, R-slot-2..6).
+
+        A read-only handle can read the slots just before a commit of the writer
+        and the file just after it (a compaction's truncation, R-compact-1 step 4):
+        when the chosen state fails that way, it re-reads the header area and
+        tries again while that changes (R-lock-2), ``image.busy`` after
+        ``_READ_ATTEMPTS``.  Only an error that stays while the slots stay the
+        same is the image's.  ``raw``: the header area, if already read.
+        """
+        if raw is None:
+            raw = self.dev.read(0, fmt.HEADER_AREA)
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return self._load_from(raw)
+            except NvboxError as exc:
+                if self.writable or exc.code not in _OPEN_RACE_CODES:
+                    raise
+                failure = exc
+            newer = self.dev.read(0, fmt.HEADER_AREA)
+            if newer == raw:
+                raise failure
+            raw = newer
+            if attempt:
+                _pause(attempt - 1)
+        raise error_class("image.busy")(
+            f"the writer committed {_READ_ATTEMPTS} times while this reader opened the image; "
+            f"last: {failure}") from failure
+
+    def _load_from(self, raw: bytes) -> None:
         self.header = fmt.decode_header(raw)
         slots = []
         for index, off in enumerate(fmt.SLOT_OFFSETS):
@@ -99,16 +160,20 @@ class Image:
         slots.sort(key=lambda b: int.from_bytes(b[8:16], "little"), reverse=True)
         if not slots:
             raise_code("slot.none_valid", "neither commit slot is valid")
-        self.cipher = None
-        chosen = None
+        known = getattr(self, "cipher", None) if not self.writable else None
+        chosen = cipher = None
         for body in slots:
             slot = fmt.decode_slot(body, self.header)
             if slot.encrypted:
-                from . import crypto
-                cipher = crypto.unlock(self, slot, self._key)
-                if not cipher.verify_slot(body):
-                    continue
-                self.cipher = cipher
+                # A reader moving to a newer commit keeps its master key when the
+                # slot's MAC proves it still right (no key derivation again).
+                if known is not None and known.verify_slot(body):
+                    cipher = known
+                else:
+                    from . import crypto
+                    cipher = crypto.unlock(self, slot, self._key)
+                    if not cipher.verify_slot(body):
+                        continue
             chosen = slot
             break
         if chosen is None:
@@ -117,6 +182,8 @@ class Image:
         if size < chosen.image_clusters << self.header.cluster_bits:
             raise_code("image.truncated",
                        f"the file holds {size} bytes; the image needs {chosen.image_clusters} clusters")
+        self.cipher = cipher if chosen.encrypted else None
+        self._header_area = raw
         self.slot = chosen
         self.store = ClusterStore(self.dev, self.header, chosen, self.cipher)
         self.geo = self.store.geo
@@ -144,26 +211,109 @@ class Image:
         self.store.stats = stats
 
     def _refresh_reader(self) -> bool:
-        """A reader: re-read the slots; True if a newer commit appeared (R-lock-2)."""
-        old = self.slot.generation
-        stats = self.store.stats
-        self._load()
+        """A reader: re-read the slots and move to the newest commit; True if
+        its generation changed (R-lock-2)."""
+        raw = self.dev.read(0, fmt.HEADER_AREA)
+        if raw == self._header_area:
+            return False
+        old, old_cipher, stats, cache = self.slot.generation, self.cipher, self.store.stats, self.store._cache
+        self._load(raw)
         self.store.stats = stats
+        if self.cipher is old_cipher:
+            # Keyed by offset, checksum and tag, and filled only after the checks:
+            # what it holds is still what those clusters held.
+            self.store._cache = cache
         return self.slot.generation != old
 
-    def _reading(self, fn, *args):
-        """Run a read; a reader retries from a newer commit on checksum errors."""
+    def refresh(self) -> bool:
+        """Move a read-only handle to the newest commit; True if it moved.
+
+        A read-only handle reads from the commit it last loaded; it moves on by
+        itself only when a read meets a cluster the writer has since reused
+        (R-lock-2).  A writable handle holds the lock, so there is nothing newer:
+        False.
+
+        Raises:
+            NvboxError: ``usage.argument`` inside ``read_transaction()``;
+            ``image.busy``, or the image's error if the newest commit is damaged.
+        """
         self._check_open()
-        for attempt in range(_READ_RETRIES):
-            try:
-                return fn(*args)
-            except NvboxError as exc:
-                # A commit (or a compaction's truncation) by the writer can reuse
-                # or cut a cluster this reader still needed (R-lock-2).
-                if self.writable or exc.code not in ("cluster.checksum", "cluster.auth", "image.truncated",
-                                                     "pointer.out_of_range") \
-                        or attempt == _READ_RETRIES - 1 or not self._refresh_reader():
-                    raise
+        if self.writable:
+            return False
+        if self._pin_depth:
+            raise_code("usage.argument", "refresh() inside a read transaction")
+        return self._refresh_reader()
+
+    @contextlib.contextmanager
+    def read_transaction(self):
+        """Read several things from one committed state.
+
+        Each read call (``img[name]``, ``read``, ``stat``, ``names``, the snapshot
+        list, a snapshot view's calls...) always returns data of one complete
+        commit.  Between calls a read-only handle may move to a newer commit (it
+        does when it meets a cluster the writer reused), so two calls can see
+        two commits.  Inside this block it does not move: on entry it moves to
+        the newest commit, and every read in the block comes from that one
+        (``img.generation`` stays put).  The writer may reuse that commit's
+        clusters from its second commit after it on (R-alloc-1); a read that
+        needs such a cluster raises ``image.changed`` instead of switching
+        commits: leave the block and run it again.  Nested blocks join the
+        outer one.  On a writable handle, which holds the lock, reads always
+        come from its own state, and the block only groups them.
+
+        Raises:
+            NvboxError: ``image.changed`` from a read inside the block;
+            ``image.busy`` on entry if the writer kept committing while the
+            newest commit was being opened.
+        """
+        self._check_open()
+        if not self.writable and not self._pin_depth:
+            self._refresh_reader()
+        self._pin_depth += 1
+        try:
+            yield self
+        finally:
+            self._pin_depth -= 1
+
+    def _reading(self, fn, *args):
+        """Run one read call so that everything it returns comes from one commit.
+
+        A read-only handle can meet a cluster the writer reused, or cut off by
+        truncating the file, since the commit it reads from (R-lock-2).  It then
+        re-reads the slots and, if there is a newer commit, runs the whole call
+        again from the newest one (at once, then with short growing pauses).
+        An error that stays while the slots stay the same is the image's.  If
+        the writer commits so fast that ``_READ_ATTEMPTS`` attempts all fail,
+        ``image.busy`` (liveness, not damage).  Inside ``read_transaction()``
+        the handle does not move: ``image.changed`` when a newer commit exists.
+        """
+        self._check_open()
+        if self.writable or self._read_depth:
+            return fn(*args)            # the lock holder; or nested: the outer call retries
+        self._read_depth += 1
+        try:
+            for attempt in range(_READ_ATTEMPTS):
+                try:
+                    return fn(*args)
+                except NvboxError as exc:
+                    if exc.code not in _READ_RACE_CODES:
+                        raise
+                    failure = exc
+                if self._pin_depth:
+                    if _newest_generation(self.dev.read(0, fmt.HEADER_AREA)) != self.slot.generation:
+                        raise error_class("image.changed")(
+                            f"generation {self.slot.generation}, which this read transaction reads, was "
+                            f"overwritten by later commits ({failure})") from failure
+                    raise failure
+                if not self._refresh_reader():
+                    raise failure
+                if attempt:
+                    _pause(attempt - 1)
+            raise error_class("image.busy")(
+                f"the writer's commits replaced what this read needed {_READ_ATTEMPTS} times; "
+                f"last: {failure}") from failure
+        finally:
+            self._read_depth -= 1
 
     # -- transactions ------------------------------------------------------------------
 
@@ -335,8 +485,8 @@ class Image:
 
     def entries(self):
         """Every entry (name, size, inline, depth) in key order, without reading data."""
-        return [BlobStat(e.name, e.size, e.inline is not None, e.depth)
-                for e in self.trees.dir_iter(self.state.dir_root, self.state.dir_depth)]
+        return self._reading(lambda: [BlobStat(e.name, e.size, e.inline is not None, e.depth)
+                                      for e in self.trees.dir_iter(self.state.dir_root, self.state.dir_depth)])
 
     # -- blobs: writing ------------------------------------------------------------------
 
@@ -508,6 +658,8 @@ class Image:
 
     @property
     def generation(self) -> int:
+        """The generation of the commit this handle reads (and, for the writer,
+        the last it made)."""
         return self.slot.generation
 
     @property
@@ -524,8 +676,8 @@ class Image:
         self.counting.stats.reset()
 
     def info(self) -> dict:
+        used = self._reading(lambda: sum(1 for c in range(self.slot.image_clusters) if self.store.durable_count(c)))
         slot, header = self.slot, self.header
-        used = sum(1 for c in range(slot.image_clusters) if self.store.durable_count(c))
         return {
             "format": "nvbox",
             "version": fmt.VERSION,

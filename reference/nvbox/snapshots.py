@@ -37,7 +37,13 @@ class Snapshots:
 
     def _find(self, name) -> fmt.Snapshot:
         name = fmt.check_name(name, "snapshot.name")
-        for s in self._records():
+        img = self.image
+        img._check_open()
+        return img._reading(self._lookup, name)
+
+    def _lookup(self, name) -> fmt.Snapshot:
+        """The record named ``name`` in the image's current state (no retry)."""
+        for s in self.image._snapshot_list():
             if s.name == name:
                 return s
         raise_code("snapshot.not_found", f"no snapshot named {name!r}")
@@ -134,46 +140,69 @@ class Snapshots:
 
 
 class SnapshotView:
-    """Dict-like, read-only access to the blobs of one snapshot."""
+    """Dict-like, read-only access to the blobs of one snapshot.
+
+    The view follows its snapshot by id, not by the record it was made from:
+    each call finds the record in the commit the image handle reads, so a
+    read-only handle that moves to a newer commit (R-lock-2) reads the snapshot
+    there (renamed or not), and a snapshot deleted by then raises
+    ``snapshot.not_found``.  Like the image's, each call returns data of one
+    commit; ``image.read_transaction()`` keeps several calls on one.
+    ``record`` is the record the last call used.
+    """
 
     def __init__(self, image, record: fmt.Snapshot):
         self.image, self.record = image, record
-        self.name = record.name
+        self.id, self.name = record.id, record.name
+
+    def _current(self) -> fmt.Snapshot:
+        for s in self.image._snapshot_list():
+            if s.id == self.id:
+                self.record, self.name = s, s.name
+                return s
+        raise_code("snapshot.not_found", f"snapshot {self.name!r} no longer exists")
 
     def _entry(self, name):
-        name = fmt.check_name(name)
-        r = self.record
+        r = self._current()
         e = self.image.trees.dir_lookup(r.dir_root, r.dir_depth, name)
         if e is None:
             raise_code("blob.not_found", f"no blob named {name!r} in snapshot {r.name!r}")
         return e
 
     def read(self, name, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise_code("usage.argument", "negative offset or length")
+        name = fmt.check_name(name)
         img = self.image
         return img._reading(lambda: img._read_entry(self._entry(name), offset, length))
 
     __getitem__ = read
 
     def stat(self, name) -> BlobStat:
-        e = self._entry(name)
+        name = fmt.check_name(name)
+        e = self.image._reading(self._entry, name)
         return BlobStat(e.name, e.size, e.inline is not None, e.depth)
 
     def names(self) -> list[str]:
-        r = self.record
-        return sorted(e.name for e in self.image.trees.dir_iter(r.dir_root, r.dir_depth))
+        def run():
+            r = self._current()
+            return [e.name for e in self.image.trees.dir_iter(r.dir_root, r.dir_depth)]
+        return sorted(self.image._reading(run))
 
     def __iter__(self):
         return iter(self.names())
 
     def __len__(self):
-        return self.record.blob_count
+        return self.image._reading(self._current).blob_count
 
     def __contains__(self, name) -> bool:
         try:
-            self._entry(name)
+            self.stat(name)
             return True
-        except NvboxError:
-            return False
+        except NvboxError as exc:
+            if exc.code in ("blob.not_found", "blob.name"):
+                return False
+            raise
 
 
 def _same_content(a, b) -> bool:
@@ -231,16 +260,24 @@ def diff_trees(trees, a_root, a_depth, b_root, b_depth) -> dict:
 def diff(image, a: str, b: str | None = None) -> dict:
     """Compare snapshot ``a`` with snapshot ``b``, or with the active state."""
     snaps = image.snapshots
-    ra = snaps._find(a)
+    a = fmt.check_name(a, "snapshot.name")
     if b is None:
         if image._txn_depth:
             raise_code("usage.argument", "diff against the active state outside a transaction")
-        st = image.state
-        b_root, b_depth = st.dir_root, st.dir_depth
     else:
-        rb = snaps._find(b)
-        b_root, b_depth = rb.dir_root, rb.dir_depth
-    return image._reading(diff_trees, image.trees, ra.dir_root, ra.dir_depth, b_root, b_depth)
+        b = fmt.check_name(b, "snapshot.name")
+
+    def run():  # the records are found again in the state each attempt reads
+        ra = snaps._lookup(a)
+        if b is None:
+            b_root, b_depth = image.state.dir_root, image.state.dir_depth
+        else:
+            rb = snaps._lookup(b)
+            b_root, b_depth = rb.dir_root, rb.dir_depth
+        return diff_trees(image.trees, ra.dir_root, ra.dir_depth, b_root, b_depth)
+
+    image._check_open()
+    return image._reading(run)
 
 
 _ = NULL

@@ -7,9 +7,16 @@
   several, a two-level map), sometimes deletes and recreates one, takes and
   drops snapshots, and compacts (which truncates the file).  Readers in this
   process and in another one open the image again and again, and one
-  long-lived reader handle keeps reading across commits; every read must see
-  one complete committed state (all blobs of one generation, generations never
-  going back), and every snapshot must be self-consistent too.  About 8 s.
+  long-lived reader handle keeps reading across commits; each pass reads
+  everything inside ``read_transaction()`` and must see one complete committed
+  state (all blobs of one generation, generations never going back), and every
+  snapshot, read through its view, must be self-consistent too.  A pass may
+  fail only with a liveness code (``image.changed``, ``image.busy``): counted;
+  any other error and any wrong data fail the test.  About 8 s.
+- Deterministic R-lock-2 cases: an open racing a compaction's truncation, a
+  snapshot view whose snapshot the writer deletes, the semantics of single
+  reads and of ``read_transaction()``, corruption versus a moving writer, and a
+  reader starved by a writer (``image.busy``).
 """
 
 from __future__ import annotations
@@ -69,29 +76,29 @@ def _writer(path: str, stop_at: float, ready, counter) -> None:
     img.close()
 
 
-REFRESHED = {"n": 0}
-# Liveness errors a reader may get while the writer commits fast (reported as
-# library findings, see the report): counted, never wrong data.
-LIVENESS = ("cluster.checksum", "image.truncated", "pointer.out_of_range")
+# Liveness errors a reader may get while the writer commits fast: the writer
+# overwrote the commit a read transaction reads, or kept a read retrying until
+# it gave up.  Counted; never wrong data, never a corruption code.
+LIVENESS = ("image.changed", "image.busy")
 
 
 def _check_image(img, last: int) -> int:
-    """Read every blob; all must be of one generation, not older than ``last``.
-
-    A handle that re-read the slots in the middle (R-lock-2: a cluster it needed
-    was reused) can mix commits (see test_handle_mixes_commits_across_reads,
-    xfail): such a pass is counted, not judged.  Snapshot views are read only
-    in the deterministic tests below (their retry uses a stale record: xfail).
-    """
-    g0 = img.generation
-    contents = {n: img[n] for n in img.names()}
-    names = [s.name for s in img.snapshots.list()]
-    if img.generation != g0:
-        REFRESHED["n"] += 1
-        return last
+    """In one read transaction, read every blob and every snapshot's blobs: the
+    blobs must be of one generation, not older than ``last``; snapshot ``gN``
+    must hold generation N."""
+    with img.read_transaction():
+        g0 = img.generation
+        contents = {n: img[n] for n in img.names()}
+        snaps = {}
+        for s in img.snapshots.list():
+            view = img.snapshots.view(s.name)
+            snaps[s.name] = {n: view[n] for n in view.names()}
+        assert img.generation == g0, "the read transaction moved"
     g = generation_of(contents)
     assert g >= last, f"generation went back from {last} to {g}"
-    assert all(n.startswith("g") and int(n[1:]) <= g for n in names), names
+    for name, snap in snaps.items():
+        assert name.startswith("g") and int(name[1:]) <= g, sorted(snaps)
+        assert generation_of(snap) == int(name[1:]), f"snapshot {name}"
     return g
 
 
@@ -207,12 +214,11 @@ def test_readers_see_whole_commits(image_path):
     for k, v in detail.items():
         errors["other process " + k] = v
     STREAM_STATS.update(commits=counter.value, opens=opens + other_opens, long_lived_reads=reads,
-                        refreshed=REFRESHED["n"], liveness_errors=dict(errors))
+                        liveness_errors=dict(errors))
     commits = counter.value
     print(f"\n[concurrency] {commits} writer generations, {opens} opens here + {other_opens} in another "
           f"process, {reads} long-lived reads, {len(seen)} distinct generations seen, "
-          f"{REFRESHED['n']} passes refreshed mid-read, liveness errors {errors}, "
-          f"{time.time() - t0:.1f} s")
+          f"liveness errors {errors}, {time.time() - t0:.1f} s")
     assert commits > 20 and opens > 20 and other_opens > 20 and len(seen) > 5
     with nvbox.open(image_path, "r") as img:
         assert _check_image(img, 0) == commits
@@ -220,11 +226,19 @@ def test_readers_see_whole_commits(image_path):
 
 # -- deterministic R-lock-2 cases (one process: readers take no lock) -------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug (R-lock-2): SnapshotView keeps the snapshot record it was made from; after the "
-    "snapshot is deleted by the writer and its clusters reused, view.read() refreshes the image but "
-    "retries with the stale record's dir_root and reports cluster.checksum (corruption) for a healthy "
-    "image; expected snapshot.not_found (or the old contents).  names()/stat() do not retry at all."))
+def _two_blob_image(tmp_path, name="m.nvbox"):
+    """A writer with x and y of 1500 bytes (3 clusters each) at generation 1 of theirs."""
+    w = nvbox.create(str(tmp_path / name), cluster_size=512)
+    with w.transaction():
+        w["x"], w["y"] = b"1" * 1500, b"1" * 1500
+    return w
+
+
+def _commit_xy(w, g: bytes) -> None:
+    with w.transaction():
+        w["x"], w["y"] = g * 1500, g * 1500
+
+
 def test_snapshot_view_survives_the_writer_deleting_the_snapshot(tmp_path):
     path = str(tmp_path / "v.nvbox")
     w = nvbox.create(path, cluster_size=512)
@@ -236,34 +250,171 @@ def test_snapshot_view_survives_the_writer_deleting_the_snapshot(tmp_path):
     w.snapshots.delete("s")
     for i in range(3):                      # reuse the freed clusters
         w[f"f{i}"] = bytes([i]) * 1500
-    try:
-        data = view.read("a")
-    except NvboxError as exc:
-        assert exc.code == "snapshot.not_found", f"{exc.code}: {exc}"
-    else:
-        assert data == b"A" * 1500
+    for call in (lambda: view.read("a"), lambda: view.names(), lambda: view.stat("a"), lambda: len(view),
+                 lambda: "a" in view):
+        with pytest.raises(NvboxError) as info:
+            call()
+        assert info.value.code == "snapshot.not_found", f"{info.value.code}: {info.value}"
+    assert r["a"] == b"B" * 1500            # the handle moved to the newest commit
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library/spec gap (R-lock-2, issue 7 'readers always see a complete committed state'): a read-only "
-    "handle that meets a reused cluster re-reads the slots and silently continues from the newer "
-    "commit, so two reads on one handle can come from different commits (x from generation N, y from "
-    "N+2) with no error and no way to pin a generation."))
-def test_handle_mixes_commits_across_reads(tmp_path):
-    path = str(tmp_path / "m.nvbox")
+def test_snapshot_view_follows_its_snapshot_to_a_newer_commit(tmp_path):
+    path = str(tmp_path / "v.nvbox")
     w = nvbox.create(path, cluster_size=512)
-    with w.transaction():
-        w["x"], w["y"] = b"1" * 1500, b"1" * 1500
+    w["a"] = b"A" * 1500
+    w.snapshots.create("s")
     r = nvbox.open(path, "r")
-    x = r["x"]
-    for g in (b"2", b"3"):                  # two commits: generation N's clusters are reused
-        with w.transaction():
-            w["x"], w["y"] = g * 1500, g * 1500
-    try:
-        y = r["y"]
-    except NvboxError:
-        return                              # refusing is consistent too
-    assert x[:1] == y[:1], f"one handle read x from one commit ({x[:1]!r}) and y from another ({y[:1]!r})"
+    view = r.snapshots.view("s")
+    w.snapshots.rename("s", "t")            # the same snapshot (same id) under a new name
+    for i in range(4):
+        w[f"f{i}"] = bytes([i]) * 1500
+    assert r.refresh()
+    assert view.read("a") == b"A" * 1500 and view.names() == ["a"] and view.name == "t"
+    assert view.stat("a").size == 1500 and len(view) == 1 and "a" in view and "f0" not in view
+
+
+def test_each_read_comes_from_one_commit_and_a_handle_moves_on(tmp_path):
+    """Outside a read transaction: every call returns data of one complete
+    commit; between calls the handle may move to a newer one (here: because it
+    met a cluster the writer reused)."""
+    w = _two_blob_image(tmp_path)
+    r = nvbox.open(w.path, "r")
+    g1 = r.generation
+    assert r["x"] == b"1" * 1500
+    _commit_xy(w, b"2")
+    _commit_xy(w, b"3")                     # reuses generation 1's clusters (R-alloc-1)
+    assert r["y"] == b"3" * 1500            # one call, one commit: the newest
+    assert r.generation == g1 + 2 == w.generation
+    assert r.names() == ["x", "y"] and r["x"] == b"3" * 1500
+
+
+def test_read_transaction_pins_one_commit(tmp_path):
+    """Inside read_transaction(): every read comes from the commit that was
+    newest on entry, even after the writer committed again, as long as that
+    commit's clusters are intact."""
+    w = _two_blob_image(tmp_path)
+    r = nvbox.open(w.path, "r")
+    _commit_xy(w, b"2")                     # the handle is behind: entering moves it to the newest
+    with r.read_transaction():
+        g = r.generation
+        assert g == w.generation
+        assert r["x"] == b"2" * 1500
+        _commit_xy(w, b"3")                 # frees generation g's clusters, reuses none yet
+        assert r["y"] == b"2" * 1500 and r.stat("y").size == 1500 and r.names() == ["x", "y"]
+        assert r.generation == g
+        with pytest.raises(NvboxError) as info:
+            r.refresh()                     # would break the pin
+        assert info.value.code == "usage.argument"
+    assert r.refresh() and r["y"] == b"3" * 1500
+
+
+def test_read_transaction_refuses_to_switch_commits(tmp_path):
+    """The fix of 'a handle mixes commits across reads': once the writer reused
+    a cluster of the pinned commit, a read raises image.changed (a liveness
+    error, not corruption) instead of continuing from another commit; running
+    the block again reads the newest commit."""
+    w = _two_blob_image(tmp_path)
+    r = nvbox.open(w.path, "r")
+    with pytest.raises(NvboxError) as info:
+        with r.read_transaction():
+            g = r.generation
+            x = r["x"]
+            for c in (b"2", b"3"):          # two commits: generation g's clusters are reused
+                _commit_xy(w, c)
+            try:
+                r["y"]
+            finally:
+                assert r.generation == g    # never moved inside the block
+    assert info.value.code == "image.changed" and info.value.kind == "state", str(info.value)
+    assert x == b"1" * 1500
+    with r.read_transaction():              # run it again: one commit, the newest
+        assert (r["x"], r["y"]) == (b"3" * 1500, b"3" * 1500)
+        with r.read_transaction():          # nested blocks join the outer one
+            assert r.generation == w.generation
+
+
+def _damage_cluster_of(w, name):
+    """Flip a byte of the first data cluster of blob ``name`` in the file."""
+    e = w.trees.dir_lookup(w.state.dir_root, w.state.dir_depth, name)
+    ptr = w.trees.map_lookup(e.root, e.depth, 0)
+    with open(w.path, "r+b") as f:
+        f.seek(ptr.offset + 7)
+        b = f.read(1)
+        f.seek(ptr.offset + 7)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_damage_is_reported_as_damage_when_no_commit_came(tmp_path):
+    """A checksum error while the slots stay the same is the image's, inside
+    a read transaction or not: no retry turns it into a liveness error."""
+    w = _two_blob_image(tmp_path)
+    _damage_cluster_of(w, "y")
+    r = nvbox.open(w.path, "r")
+    assert r["x"] == b"1" * 1500
+    for pinned in (False, True):
+        with pytest.raises(NvboxError) as info:
+            if pinned:
+                with r.read_transaction():
+                    r["y"]
+            else:
+                r["y"]
+        assert info.value.code == "cluster.checksum"
+
+
+def test_reader_starved_by_the_writer_gets_image_busy(tmp_path, monkeypatch):
+    """A writer that commits twice during every attempt of a read: the read
+    gives up with image.busy after the bounded retries, not with a corruption
+    code; once the writer pauses, the same handle reads fine."""
+    import nvbox.image as image_mod
+    monkeypatch.setattr(image_mod, "_pause", lambda attempt: None)
+    w = nvbox.create(None, cluster_size=512)
+    w["x"] = b"0" * 1500
+    gen = [0]
+
+    class Busy(nvbox.MemoryDevice):
+        active = True
+
+        def read(self, offset, length):
+            if self.active and offset >= 2048:          # a cluster, not the header area
+                for _ in range(2):
+                    gen[0] += 1
+                    w["x"] = str(gen[0] % 10).encode() * 1500
+            return w.dev.inner.read(offset, length)
+
+        def size(self):
+            return w.dev.inner.size()
+
+    dev = Busy()
+    r = nvbox.open(dev, "r")
+    with pytest.raises(NvboxError) as info:
+        r["x"]
+    assert info.value.code == "image.busy" and info.value.kind == "state", str(info.value)
+    assert gen[0] >= 2 * image_mod._READ_ATTEMPTS
+    dev.active = False
+    assert r["x"] == str(gen[0] % 10).encode() * 1500
+
+
+def test_encrypted_reader_follows_commits_without_unlocking_again(tmp_path, monkeypatch):
+    """An encrypted reader moving to a newer commit keeps its master key (the
+    new slot's MAC proves it): no key derivation per refresh."""
+    from nvbox import crypto
+    key = crypto.Key.from_passphrase("pass", kdf="fast")
+    w = nvbox.create(str(tmp_path / "e.nvbox"), cluster_size=1024, encrypt=True, key=key)
+    w["x"] = b"1" * 3000
+    w.snapshots.create("s")
+    r = nvbox.open(w.path, "r", key=key)
+    view = r.snapshots.view("s")
+    unlocks = []
+    real = crypto.unlock
+    monkeypatch.setattr(crypto, "unlock", lambda *a: unlocks.append(1) or real(*a))
+    w.snapshots.delete("s")
+    for g in b"234":
+        w["x"] = bytes([g]) * 3000
+    assert r["x"] == b"4" * 3000 and r.generation == w.generation
+    with pytest.raises(NvboxError) as info:
+        view.read("x")
+    assert info.value.code == "snapshot.not_found"
+    assert unlocks == []
 
 
 class _StaleHeaderDevice(nvbox.MemoryDevice):
@@ -283,12 +434,7 @@ class _StaleHeaderDevice(nvbox.MemoryDevice):
         return super().read(offset, length)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug (R-lock-2 / 12.1 step 4): a reader that read the commit slots just before a "
-    "compaction's commit, and the file size just after its truncation, fails to open with "
-    "image.truncated instead of re-reading the slots (seen in test_readers_see_whole_commits: "
-    "'the file holds 48128 bytes; the image needs 139 clusters')."))
-def test_open_racing_a_compaction_truncate():
+def _compacted():
     w = nvbox.create(None, cluster_size=512)
     w["keep"] = b"k" * 1000
     w["big"] = b"b" * 40000
@@ -298,5 +444,19 @@ def test_open_racing_a_compaction_truncate():
     compact_image(w)
     now = bytes(w.dev.inner.data)
     assert len(now) < len(before) + 40000
+    return before, now
+
+
+def test_open_racing_a_compaction_truncate():
+    before, now = _compacted()
     img = nvbox.open(_StaleHeaderDevice(now, before), "r")
     assert img["keep"] == b"k" * 1000
+
+
+def test_open_of_a_truncated_image_is_still_image_truncated():
+    """The retry is for slots that change: with the same slots, a short file is damage."""
+    before, now = _compacted()
+    from nvbox import _format as fmt
+    with pytest.raises(NvboxError) as info:
+        nvbox.open(before + now[fmt.HEADER_AREA:], "r")   # the old slots, the file after the truncation
+    assert info.value.code == "image.truncated"
