@@ -54,15 +54,36 @@ class Blob:
 
 class DirNode:
     """A directory node being changed.  Leaf items are ``Blob``; index items are
-    ``[low_key, child]`` lists."""
+    ``[low_key, child]`` lists.
 
-    __slots__ = ("level", "items")
+    ``sizes`` caches the encoded length of each item (parallel to ``items``) and
+    ``total`` their sum, so checking the node against its bounds after one
+    change costs O(1) instead of re-measuring every entry (R-dir-5).  Change
+    items through ``Trees.dir_insert``/``dir_pop``/``dir_set``/``dir_touch`` to
+    keep the cache; ``sizes = None`` (or a length that no longer matches
+    ``items``) means unknown, and the sizes are measured again when next needed.
+    """
 
-    def __init__(self, level, items):
-        self.level, self.items = level, items
+    __slots__ = ("level", "items", "sizes", "total")
+
+    def __init__(self, level, items, sizes=None, total=0):
+        self.level, self.items, self.sizes, self.total = level, items, sizes, total
 
     def keys(self):
         return [it.key for it in self.items] if self.level == 0 else [it[0] for it in self.items]
+
+    def find(self, key: bytes, right: bool = False) -> int:
+        """bisect_left (or bisect_right) of ``key`` over the node's keys, O(log n)."""
+        get = _blob_key if self.level == 0 else _low_key
+        return (bisect.bisect_right if right else bisect.bisect_left)(self.items, key, key=get)
+
+
+def _blob_key(b):
+    return b.key
+
+
+def _low_key(it):
+    return it[0]
 
 
 class Trees:
@@ -356,13 +377,16 @@ class Trees:
             for b in child.items:
                 if b.inline is None:
                     b.root = self.flush_map(b.root, b.depth)
-            body = der.sequence(*(b.encode(width) for b in child.items))
             items = child.items
         else:
             for it in child.items:
                 it[1] = self.flush_dir(it[1], level - 1)
             items = [fmt.DirBranch(k, c) for k, c in child.items]
-            body = der.sequence(*(b.encode(width) for b in items))
+        elements = [b.encode(width) for b in items]
+        if self._cached(child):
+            # The cached sizes decided the splits: they must be the real ones.
+            assert sum(map(len, elements)) == child.total, "directory node size cache out of step"
+        body = der.sequence(*elements)
         raw = fmt.encode_dir_node(level, items, self.geo, body)
         store = self.store
         return store.write_cluster(store.allocate(1), fmt.KIND_DIR, raw)
@@ -423,23 +447,75 @@ class Trees:
     def dir_path(self, state, key: bytes):
         """Copy the path to the leaf for ``key``; return [(node, index_in_parent)]."""
         if state.dir_depth == 0:
-            state.dir_root = DirNode(0, [])
+            state.dir_root = DirNode(0, [], [], 0)
             state.dir_depth = 1
         state.dir_root = self.dir_copy(state.dir_root, state.dir_depth - 1)
         path = [(state.dir_root, -1)]
         node = state.dir_root
         while node.level > 0:
-            keys = node.keys()
-            i = bisect.bisect_right(keys, key) - 1
+            i = node.find(key, right=True) - 1
             child = self.dir_copy(node.items[i][1], node.level - 1)
             node.items[i][1] = child
             path.append((child, i))
             node = child
         return path
 
-    def dir_fix(self, state, path) -> None:
-        """Restore the node size bounds along ``path`` after a leaf changed (R-dir-5)."""
+    # Item sizes: every change to a node's items goes through these so that its
+    # cached ``sizes``/``total`` stay exact (or become unknown, never wrong).
+
+    def _item_len(self, item, level: int) -> int:
+        """The encoded length of one directory element (DirEntry or DirBranch)."""
         width = self.geo.pointer_size
+        if level == 0:
+            b = item
+            return fmt.entry_len(len(b.name.encode("utf-8")), b.size,
+                                 None if b.inline is None else len(b.inline), b.depth, len(b.extra), width)
+        return fmt.tlv_len(fmt.tlv_len(len(item[0])) + fmt.tlv_len(width))
+
+    def _sizes(self, node: DirNode) -> list:
+        """``node.sizes``, measured again if unknown or out of step with the items."""
+        if node.sizes is None or len(node.sizes) != len(node.items):
+            node.sizes = [self._item_len(it, node.level) for it in node.items]
+            node.total = sum(node.sizes)
+        return node.sizes
+
+    def _cached(self, node: DirNode) -> bool:
+        return node.sizes is not None and len(node.sizes) == len(node.items)
+
+    def dir_insert(self, node: DirNode, i: int, item) -> None:
+        cached = self._cached(node)
+        node.items.insert(i, item)
+        if cached:
+            n = self._item_len(item, node.level)
+            node.sizes.insert(i, n)
+            node.total += n
+
+    def dir_pop(self, node: DirNode, i: int):
+        cached = self._cached(node)
+        item = node.items.pop(i)
+        if cached:
+            node.total -= node.sizes.pop(i)
+        return item
+
+    def dir_set(self, node: DirNode, i: int, item) -> None:
+        node.items[i] = item
+        self.dir_touch(node, i)
+
+    def dir_touch(self, node: DirNode, i: int) -> None:
+        """Item ``i`` changed in place (or was replaced): measure it again."""
+        if self._cached(node):
+            n = self._item_len(node.items[i], node.level)
+            node.total += n - node.sizes[i]
+            node.sizes[i] = n
+
+    def dir_fix(self, state, path, touched: int | None = None) -> None:
+        """Restore the node size bounds along ``path`` after a leaf changed (R-dir-5).
+
+        ``touched`` is the index of a leaf item changed in place since it was
+        last measured (items inserted, removed or replaced through ``dir_insert``,
+        ``dir_pop``, ``dir_set`` are measured already)."""
+        if touched is not None:
+            self.dir_touch(path[-1][0], touched)
         limit = self.geo.dir_body_max
         for depth_i in range(len(path) - 1, -1, -1):
             node, idx = path[depth_i]
@@ -448,30 +524,36 @@ class Trees:
                 if parent is None:
                     state.dir_root, state.dir_depth = NULL, 0
                     return
-                del parent.items[idx]
+                self.dir_pop(parent, idx)
                 if idx == 0 and parent.items:
                     parent.items[0][0] = b""
+                    self.dir_touch(parent, 0)
                 continue
-            groups = self._split(node, width, limit)
+            groups = self._split(node, limit)
             if len(groups) == 1:
                 continue
             first_low = b"" if parent is None else parent.items[idx][0]
-            new_nodes = [DirNode(node.level, g) for g in groups]
+            new_nodes = [DirNode(node.level, g, s, sum(s)) for g, s in groups]
             branches = []
             for j, n in enumerate(new_nodes):
-                sep = first_low if j == 0 else n.keys()[0]
+                sep = first_low if j == 0 else (n.items[0].key if n.level == 0 else n.items[0][0])
                 if n.level > 0:
                     n.items[0][0] = b""  # an index node's first branch has an empty lowKey
+                    self.dir_touch(n, 0)
                 branches.append([sep, n])
             if parent is None:
-                state.dir_root = DirNode(node.level + 1, branches)
+                state.dir_root = DirNode(node.level + 1, [])
+                for j, br in enumerate(branches):
+                    self.dir_insert(state.dir_root, j, br)
                 state.dir_depth += 1
                 if state.dir_depth > fmt.MAX_DIR_DEPTH:
                     raise_code("blob.limit", "the directory would exceed 16 levels")
                 path.insert(0, (state.dir_root, -1))
                 # Re-check the new root on the next pass (it holds few branches).
                 return self.dir_fix(state, [(state.dir_root, -1)])
-            parent.items[idx:idx + 1] = branches
+            self.dir_pop(parent, idx)
+            for j, br in enumerate(branches):
+                self.dir_insert(parent, idx + j, br)
         # Collapse a root index node that has a single child.
         while state.dir_depth > 1:
             root = state.dir_root
@@ -480,27 +562,21 @@ class Trees:
             state.dir_root = root.items[0][1]
             state.dir_depth -= 1
 
-    def _split(self, node: DirNode, width: int, limit: int):
-        if node.level == 0:
-            sizes = [fmt.entry_len(len(b.name.encode("utf-8")), b.size,
-                                   None if b.inline is None else len(b.inline), b.depth, len(b.extra), width)
-                     for b in node.items]
-        else:
-            branch = (fmt.tlv_len(fmt.tlv_len(0) + fmt.tlv_len(width)), fmt.tlv_len(fmt.tlv_len(32) + fmt.tlv_len(width)))
-            sizes = [branch[len(k) == 32] for k, _ in node.items]
-        total = sum(sizes)
+    def _split(self, node: DirNode, limit: int):
+        """[(items, sizes)]: the node's items in groups that each fit a node."""
+        sizes = self._sizes(node)
+        total = node.total
         if len(der.encode_length(total)) + 1 + total <= limit and len(sizes) <= fmt.MAX_NODE_ITEMS:
-            return [node.items]
+            return [(node.items, sizes)]
         # Split into pieces of about equal encoded size, each within the limit.
         room = limit - 4
         pieces = max(-(-total // room), -(-len(sizes) // fmt.MAX_NODE_ITEMS))
         target = -(-total // pieces)
-        groups, current, used = [], [], 0
-        for item, s in zip(node.items, sizes):
-            if current and (used + s > room or used >= target or len(current) >= fmt.MAX_NODE_ITEMS):
-                groups.append(current)
-                current, used = [], 0
-            current.append(item)
+        groups, start, used = [], 0, 0
+        for k, s in enumerate(sizes):
+            if k > start and (used + s > room or used >= target or k - start >= fmt.MAX_NODE_ITEMS):
+                groups.append((node.items[start:k], sizes[start:k]))
+                start, used = k, 0
             used += s
-        groups.append(current)
+        groups.append((node.items[start:], sizes[start:]))
         return groups

@@ -495,10 +495,8 @@ class Image:
         key = fmt.blob_key(name)
         path = self.trees.dir_path(self.state, key)
         leaf = path[-1][0]
-        keys = leaf.keys()
-        import bisect
-        i = bisect.bisect_left(keys, key)
-        found = i < len(keys) and keys[i] == key
+        i = leaf.find(key)
+        found = i < len(leaf.items) and leaf.items[i].key == key
         return name, key, path, leaf, i, found
 
     def put(self, name, data) -> None:
@@ -516,9 +514,9 @@ class Image:
             blob = Blob(name, 0, b"", key=key, extra=extra)
             self._fill(blob, data)
             if found:
-                leaf.items[i] = blob
+                self.trees.dir_set(leaf, i, blob)
             else:
-                leaf.items.insert(i, blob)
+                self.trees.dir_insert(leaf, i, blob)
                 self.state.blob_count += 1
             self.trees.dir_fix(self.state, path)
 
@@ -536,7 +534,7 @@ class Image:
             name, key, path, leaf, i, found = self._leaf_for(name)
             if not found:
                 raise_code("blob.not_found", f"no blob named {name!r}")
-            self.trees.drop_blob(leaf.items.pop(i))
+            self.trees.drop_blob(self.trees.dir_pop(leaf, i))
             self.state.blob_count -= 1
             self.trees.dir_fix(self.state, path)
 
@@ -555,7 +553,7 @@ class Image:
             if not found:
                 if not create:
                     raise_code("blob.not_found", f"no blob named {name!r}")
-                leaf.items.insert(i, Blob(name, 0, b"", key=key))
+                self.trees.dir_insert(leaf, i, Blob(name, 0, b"", key=key))
                 self.state.blob_count += 1
             blob = leaf.items[i]
             if data:
@@ -567,7 +565,7 @@ class Image:
                 else:
                     self._uninline(blob)
                     self.trees.map_write(blob, offset, data)
-            self.trees.dir_fix(self.state, path)
+            self.trees.dir_fix(self.state, path, touched=i)
 
     def _uninline(self, blob) -> None:
         if blob.inline is not None:
@@ -593,7 +591,7 @@ class Image:
             else:
                 self._uninline(blob)
                 self.trees.map_truncate(blob, size)
-            self.trees.dir_fix(self.state, path)
+            self.trees.dir_fix(self.state, path, touched=i)
 
     def open_blob(self, name, mode: str = "rb") -> "BlobIO":
         """A file-like handle on blob ``name``.  Modes: 'rb', 'r+b', 'wb' (truncate
