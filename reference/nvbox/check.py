@@ -120,20 +120,30 @@ class _Walker:
 
     # -- structures ------------------------------------------------------------
 
-    def refcount_tree(self, ptr, level):
+    def refcount_tree(self, ptr, level, first_block=0):
+        """The refcount subtree at ``level`` whose first block is block ``first_block``."""
         kind = fmt.KIND_REFBLOCK if level == 1 else fmt.KIND_REFINDEX
         if not self.ref(ptr, kind, level, "refcount tree"):
             return
         raw = self.read(ptr, kind, "refcount tree")
-        if raw is None or level == 1:
+        if raw is None:
+            return
+        if level == 1:
+            # Blocks that straddle the image's end are checked with the counts
+            # (_compare_counts); one wholly past it must count nothing (R-ref-7).
+            per = self.geo.counts_per_block
+            if first_block * per >= self.img.slot.image_clusters and any(fmt.decode_refblock(raw)):
+                self.problem("refcount.tree", f"refcount block {first_block} lies past the image's end "
+                                              "and counts clusters", ptr.offset)
             return
         try:
             children = fmt.decode_pointers(raw, self.geo)
         except NvboxError as exc:
             self.problem(exc.code, f"refcount index node: {exc.message}", ptr.offset)
             return
-        for ch in children:
-            self.refcount_tree(ch, level - 1)
+        span = self.geo.fanout ** (level - 2)   # blocks under each child
+        for i, ch in enumerate(children):
+            self.refcount_tree(ch, level - 1, first_block + i * span)
 
     def cluster_map(self, ptr, depth, size, what, kind=fmt.KIND_MAP, data_kind=fmt.KIND_DATA, base=0):
         """A cluster map subtree whose root is at ``depth`` covering clusters from ``base``."""

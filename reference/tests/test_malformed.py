@@ -678,6 +678,26 @@ def test_refcount_undercount_is_corruption():
     assert res.verdict == "leaks" and res.leaks == [{"cluster": data, "count": 2, "expected": 1}]
 
 
+
+def test_refcount_block_wholly_past_the_end_is_corruption():
+    """[R-ref-7] a refcount block that lies wholly past ``image_clusters`` must count
+    nothing: here the root index node's entry for a block far past the end names a
+    data cluster (non-zero bytes read as counts), and check reports ``refcount.tree``."""
+    img = open_base()
+    raw = base()
+    root = img.slot.refcount_root.offset
+    assert img.slot.refcount_depth == 2
+    per = img.geo.counts_per_block
+    far = -(-img.slot.image_clusters // per) + 1          # a block index wholly beyond the end
+    width = img.geo.pointer_size
+    data = blob_chain(img, "small")[-1]
+    struct.pack_into("<QI", raw, root + far * width, data, fmt.crc32c(bytes(raw[data:data + CS])))
+    reseal(raw, [root])
+    res = check_image(nvbox.open(bytes(raw), "r"))
+    assert res.verdict == "corrupt"
+    assert any(c["code"] == "refcount.tree" and f"block {far} lies past" in c["message"]
+               for c in res.corruptions), res.corruptions
+
 # -- a bound on everything, and random corruption -----------------------------------------------------------
 
 def exercise(raw, limit=1.0):
