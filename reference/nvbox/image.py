@@ -114,6 +114,7 @@ class Image:
         self.dev = self.counting
         self._key = key
         self._closed = False
+        self._poisoned = None           # set when _recover cannot re-read the last commit
         self._txn_depth = 0
         self._pin_depth = 0             # read_transaction() blocks open
         self._read_depth = 0            # _reading calls open (the outermost one retries)
@@ -205,9 +206,12 @@ class Image:
         stats = self.store.stats
         try:
             self._load()
-        except NvboxError:
-            self._closed = True
-            raise
+        except NvboxError as exc:
+            # The durable state cannot be read back (the device keeps failing):
+            # the handle refuses further use with image.poisoned, and the caller
+            # re-raises the failure that started this.
+            self._poisoned = exc
+            return
         self.store.stats = stats
 
     def _refresh_reader(self) -> bool:
@@ -320,6 +324,9 @@ class Image:
     def _check_open(self) -> None:
         if self._closed:
             raise_code("image.closed")
+        if self._poisoned is not None:
+            raise_code("image.poisoned", f"a failed commit could not be undone ({self._poisoned.code}): "
+                                         "close the handle and reopen the image")
 
     def _check_writable(self) -> None:
         self._check_open()

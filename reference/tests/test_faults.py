@@ -184,3 +184,36 @@ def test_zz_fault_totals(capsys):
         print(f"\n[faults] faults injected {TOTALS['faults']}, crash states of failed operations "
               f"{TOTALS['crash_states']}, final-flush failures that left the new commit "
               f"{TOTALS['ambiguous_final_flush']}")
+
+
+def test_handle_poisoned_when_the_last_commit_cannot_be_read_back():
+    """[R-commit-5] A commit fails, and so does re-reading the slots to undo it: the
+    original failure comes out, the handle then refuses every call with
+    ``image.poisoned`` (never a half-undone state), closing it still works, and
+    the image reopens at its last commit."""
+    from nvbox.blockdev import MemoryDevice
+    from nvbox.crashsim import FaultyDevice
+
+    class FailingAfterWrite(FaultyDevice):
+        """Fails the first write, and every read after it."""
+        def read(self, offset, length):
+            if self.armed and self.failures:
+                self._fail(f"read at {offset}")
+            return self.inner.read(offset, length)
+
+    mem = MemoryDevice()
+    img = nvbox.create(mem, cluster_size=512)
+    img["kept"] = b"k" * 700
+    img.close()
+    dev = FailingAfterWrite(mem, fail_write=1)
+    img = nvbox.open(dev, "rw")
+    with pytest.raises(NvboxError) as ei:
+        img["new"] = b"n" * 700
+    assert ei.value.code == "io.error" and "write" in ei.value.message
+    for call in (lambda: img["kept"], lambda: img.put("x", b"1"), img.names):
+        with pytest.raises(NvboxError) as ei:
+            call()
+        assert ei.value.code == "image.poisoned"
+    img.close()
+    again = nvbox.open(mem, "r")
+    assert again.names() == ["kept"] and again["kept"] == b"k" * 700
