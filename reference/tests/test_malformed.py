@@ -638,6 +638,24 @@ def test_snapshot_count_mismatch():
     assert code_of(nvbox.open, bytes(raw), "r") == "slot.field"
 
 
+
+def test_snapshot_blob_count_mismatch():
+    """[R-snap-6] a snapshot record's blobCount must equal its directory's entries:
+    reading the snapshot does not need it, check reports ``snapshot.table``."""
+    from dataclasses import replace
+    img = nvbox.create(None, cluster_size=CS)
+    img["a"], img["b"] = b"1", b"2" * 700
+    img.snapshots.create("s")
+    assert check_image(img).verdict == "clean"
+    with img.snapshots._own_commit():   # the writer's own path, given a wrong record
+        img._snapshots = [replace(s, blob_count=s.blob_count + 1) for s in img._snapshot_list()]
+        img._snap_dirty = True
+    again = nvbox.open(bytes(img.dev.inner.data), "r")
+    assert sorted(again.snapshots.view("s").names()) == ["a", "b"]
+    res = check_image(again)
+    assert res.verdict == "corrupt"
+    assert [c["code"] for c in res.corruptions] == ["snapshot.table"], res.corruptions
+
 def test_snaptable_size_too_big_for_data():
     """snaptable_size larger than the DER it holds: the zero tail is trailing bytes."""
     raw = reslot(base(), snaptable_size=400)
