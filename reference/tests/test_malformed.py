@@ -253,12 +253,20 @@ SLOT_FAULTS = {
     "dir_root past the end": (dict(dir_root=fmt.Pointer(CS * 10 ** 5, 0)), "pointer.out_of_range"),
     "refcount_root past the end": (dict(refcount_root=fmt.Pointer(CS * 10 ** 5, 0)), "pointer.out_of_range"),
     "snaptable_root misaligned": (dict(snaptable_root=fmt.Pointer(CS * 5 + 1, 0)), "pointer.misaligned"),
+    # Two rules broken at once: the first in R-slot-7's order is the one reported.
+    "order: feature before field": (dict(incompatible_features=4, dir_depth=17), "feature.incompatible"),
+    "order: feature before pointer": (dict(incompatible_features=4, dir_root=fmt.Pointer(CS * 10 + 8, 0)),
+                                      "feature.incompatible"),
+    "order: field before pointer": (dict(dir_depth=17, dir_root=fmt.Pointer(CS * 10 ** 5, 0)), "slot.field"),
+    "order: pointer before file length": (dict(image_clusters=10 ** 6, refcount_depth=4,
+                                               dir_root=fmt.Pointer(CS * 10 + 8, 0)), "pointer.misaligned"),
 }
 
 
 @pytest.mark.parametrize("why", sorted(SLOT_FAULTS))
 def test_slot_faults_on_open(why):
-    """[R-slot-5] [R-ref-2] [R-feature-1] [R-ptr-2] the chosen slot's fields are checked before any pointer."""
+    """[R-slot-5] [R-slot-7] [R-slot-8] [R-ref-2] [R-feature-1] [R-ptr-2] the chosen slot's fields
+    are checked before any pointer, in R-slot-7's order."""
     fields, code = SLOT_FAULTS[why]
     raw = reslot(base(), **fields)
     assert code_of(nvbox.open, bytes(raw), "r") == code
