@@ -105,6 +105,12 @@ def _all_cases(c) -> None:
     ks_edit("n_crypto_keyslots-reserved", "A key slot's reserved bytes are non-zero", ["R-enc-2", "R-conv-5"],
             lambda e: e.poke_raw(ks * CS + 32 + 1, b"\x01"))
     ks_edit("n_crypto_keyslots-padding", "Non-zero padding after the 8 key slots", ["R-enc-2"], lambda e: e.poke_raw(ks * CS + 900, b"\x01"))
+    # R-enc-7: a second slot (Argon2id) asking for 4 TiB of memory; the key file's slot would open.
+    ks_edit("n_crypto_keyslots-kdf-memory-too-large", "An Argon2id slot records memory_cost 2^32-1 KiB, above the "
+            "4 GiB bound, next to the slot the key opens", ["R-enc-7", "R-enc-2"],
+            lambda e: e.poke_raw(ks * CS + 32 + 96, struct.pack("<B3xIII", 1, 3, 0xFFFFFFFF, 4)))
+    ks_edit("n_crypto_keyslots-kdf-time-too-large", "An Argon2id slot records 2^32-1 iterations, above the bound of 256",
+            ["R-enc-7", "R-enc-2"], lambda e: e.poke_raw(ks * CS + 32 + 96, struct.pack("<B3xIII", 1, 0xFFFFFFFF, 65536, 4)))
     ks_edit("n_crypto_keyslots-checksum", "The key slot table fails its (plain) CRC", ["R-enc-2", "R-ptr-3"],
             lambda e: e.poke_raw(ks * CS + 100, b"\x01"), code="cluster.checksum", reseal=False,
             accept=["key.slot_damaged"])

@@ -524,6 +524,20 @@ def feature_cases(c) -> None:
     ed.set_slot("autoclear_features", 1 << 5)
     c.read_invalid("feature", "n_feature_incompatible-among-others", "Unknown bits in all three masks: the incompatible one wins",
                    ["R-feature-1", "R-feature-2", "R-feature-3"], ed.bytes(), "feature.incompatible")
+    # Two rules broken in one slot: the first in R-slot-7's order is the error.
+    for name, edits, desc, code in [
+        ("feature-before-field", [("incompatible_features", 1 << 5), ("dir_depth", 17)],
+         "an unknown incompatible feature and dir_depth 17", "feature.incompatible"),
+        ("feature-before-pointer", [("incompatible_features", 1 << 5), ("dir_root", struct.pack("<QI", 10 * CS + 8, 0) + bytes(4))],
+         "an unknown incompatible feature and a misaligned dir_root", "feature.incompatible"),
+        ("field-before-pointer", [("dir_depth", 17), ("dir_root", struct.pack("<QI", 10 ** 5 * CS, 0) + bytes(4))],
+         "dir_depth 17 and a dir_root past the end", "slot.field"),
+    ]:
+        ed = ed_of(raw)
+        for field, value in edits:
+            ed.set_slot(field, value)
+        c.read_invalid("slot", f"n_slot_order-{name}", f"The active slot has {desc}: the first rule in order is reported",
+                       ["R-slot-7", "R-slot-5"], ed.bytes(), code)
 
 
 # -- pointers ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""One writer, many readers across processes (issue 7; spec 12.2, R-lock-1, R-lock-2).
+"""One writer, many readers across processes (issue 7; spec 12.2, R-lock-1, R-lock-2, R-lock-3).
 
 - A second writer, in another process, gets ``image.locked`` while the first
   holds the image; after the first closes, it gets the lock.
