@@ -355,13 +355,7 @@ def rm(image, tags, key_file, passphrase_file):
 # -- ls / info ------------------------------------------------------------------------------
 
 def _entries(img, snapshot):
-    if snapshot is None:
-        entries = img.entries()
-    else:
-        view = img.snapshots.view(snapshot)
-        r = view.record
-        entries = [nvbox.BlobStat(e.name, e.size, e.inline is not None, e.depth)
-                   for e in img.trees.dir_iter(r.dir_root, r.dir_depth)]
+    entries = img.entries() if snapshot is None else img.snapshots.view(snapshot).entries()
     return sorted(entries, key=lambda e: e.name.encode("utf-8"))
 
 

@@ -189,6 +189,14 @@ class SnapshotView:
             return [e.name for e in self.image.trees.dir_iter(r.dir_root, r.dir_depth)]
         return sorted(self.image._reading(run))
 
+    def entries(self) -> list[BlobStat]:
+        """Every entry (name, size, inline, depth) in key order, without reading data."""
+        def run():
+            r = self._current()
+            return [BlobStat(e.name, e.size, e.inline is not None, e.depth)
+                    for e in self.image.trees.dir_iter(r.dir_root, r.dir_depth)]
+        return self.image._reading(run)
+
     def __iter__(self):
         return iter(self.names())
 

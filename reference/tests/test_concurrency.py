@@ -251,7 +251,7 @@ def test_snapshot_view_survives_the_writer_deleting_the_snapshot(tmp_path):
     for i in range(3):                      # reuse the freed clusters
         w[f"f{i}"] = bytes([i]) * 1500
     for call in (lambda: view.read("a"), lambda: view.names(), lambda: view.stat("a"), lambda: len(view),
-                 lambda: "a" in view):
+                 lambda: "a" in view, view.entries):
         with pytest.raises(NvboxError) as info:
             call()
         assert info.value.code == "snapshot.not_found", f"{info.value.code}: {info.value}"
@@ -271,6 +271,7 @@ def test_snapshot_view_follows_its_snapshot_to_a_newer_commit(tmp_path):
     assert r.refresh()
     assert view.read("a") == b"A" * 1500 and view.names() == ["a"] and view.name == "t"
     assert view.stat("a").size == 1500 and len(view) == 1 and "a" in view and "f0" not in view
+    assert [(e.name, e.size) for e in view.entries()] == [("a", 1500)]
 
 
 def test_each_read_comes_from_one_commit_and_a_handle_moves_on(tmp_path):
