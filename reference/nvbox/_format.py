@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import google_crc32c
 
@@ -102,36 +103,37 @@ def check_name(name, code: str = "blob.name") -> str:
 
 @dataclass(frozen=True)
 class Geometry:
-    """Sizes derived from cluster_bits and the pointer width."""
+    """Sizes derived from cluster_bits and the pointer width (computed once per
+    instance: the write path reads them for every cluster)."""
 
     cluster_bits: int
     encrypted: bool = False
 
-    @property
+    @cached_property
     def cluster_size(self) -> int:
         return 1 << self.cluster_bits
 
-    @property
+    @cached_property
     def pointer_size(self) -> int:
         return ENCRYPTED_POINTER if self.encrypted else PLAIN_POINTER
 
-    @property
+    @cached_property
     def fanout(self) -> int:
         return self.cluster_size // self.pointer_size
 
-    @property
+    @cached_property
     def header_clusters(self) -> int:
         return -(-HEADER_AREA // self.cluster_size)
 
-    @property
+    @cached_property
     def inline_max(self) -> int:
         return min(self.cluster_size // 8, 1024)
 
-    @property
+    @cached_property
     def counts_per_block(self) -> int:
         return self.cluster_size // 2
 
-    @property
+    @cached_property
     def dir_body_max(self) -> int:
         return self.cluster_size - DIR_NODE_HEADER
 

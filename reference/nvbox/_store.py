@@ -31,10 +31,42 @@ import os
 from array import array
 from collections import OrderedDict
 
+import google_crc32c
+
 from . import _format as fmt
 from .errors import raise_code
 
 _CACHE_NODES = 4096
+# write_run issues one device write per this many bytes of contiguous clusters.
+_RUN_BYTES = 4 << 20
+_crc32c = google_crc32c.value   # bytes only (fmt.crc32c also takes other buffers)
+
+
+def _make_plain_pointer():
+    """A constructor of plain ``Pointer(offset, crc)`` values for the write path.
+
+    The frozen dataclass's ``__init__`` costs about 2 us, a large part of the
+    per-cluster time of a big write.  The fields are filled in directly instead
+    (nonce and tag keep their class defaults); the result is an ordinary,
+    equal Pointer.  If Pointer ever stops having a ``__dict__``, the plain
+    constructor is used.
+    """
+    P = fmt.Pointer
+    probe = object.__new__(P)
+    if not hasattr(probe, "__dict__") or {f for f in P.__dataclass_fields__} != {"offset", "crc", "nonce", "tag"}:
+        return P
+    new = object.__new__
+
+    def plain_pointer(offset: int, crc: int) -> fmt.Pointer:
+        p = new(P)
+        d = p.__dict__
+        d["offset"] = offset
+        d["crc"] = crc
+        return p
+    return plain_pointer
+
+
+_plain_pointer = _make_plain_pointer()
 
 
 class Counter:
@@ -151,7 +183,7 @@ class ClusterStore:
         if self.cipher is not None and kind != 0:
             data, nonce, tag = self.cipher.encrypt(offset, kind, data)
             return data, fmt.Pointer(offset, fmt.crc32c(data), nonce, tag)
-        return data, fmt.Pointer(offset, fmt.crc32c(data))
+        return data, _plain_pointer(offset, fmt.crc32c(data))
 
     def write_cluster(self, index: int, kind: int, data: bytes) -> fmt.Pointer:
         """Write one fresh cluster (R-cow-1: never a durable one)."""
@@ -164,20 +196,42 @@ class ClusterStore:
         self.stats.bytes_written += len(sealed)
         return ptr
 
-    def write_run(self, first: int, kind: int, chunks: list) -> list[fmt.Pointer]:
-        """Write contiguous fresh clusters ``first..`` with one device write."""
-        sealed, ptrs = [], []
-        for i, chunk in enumerate(chunks):
-            assert first + i in self.fresh
-            if len(chunk) < self.geo.cluster_size:
-                chunk = bytes(chunk).ljust(self.geo.cluster_size, b"\0")
-            s, p = self.seal(first + i, kind, chunk)
-            sealed.append(s)
-            ptrs.append(p)
-        payload = b"".join(sealed)
-        self.dev.write(first << self.geo.cluster_bits, payload)
-        self.stats.clusters_written += len(chunks)
-        self.stats.bytes_written += len(payload)
+    def write_run(self, first: int, kind: int, chunks: list, payload=None) -> list[fmt.Pointer]:
+        """Write contiguous fresh clusters ``first..``: one device write per
+        ``_RUN_BYTES`` of them.  ``chunks`` are bytes-like, a cluster or less each
+        (a short one is zero padded).  ``payload``, if given, is the same bytes as
+        one buffer (whole clusters): a plain image writes it as it is, uncopied."""
+        n = len(chunks)
+        assert self.fresh.issuperset(range(first, first + n)), "writing a cluster this transaction does not own"
+        cs, bits = self.geo.cluster_size, self.geo.cluster_bits
+        if self.cipher is not None and kind != 0:
+            sealed, ptrs = [], []
+            for i, chunk in enumerate(chunks):
+                if len(chunk) < cs:
+                    chunk = bytes(chunk).ljust(cs, b"\0")
+                s, p = self.seal(first + i, kind, chunk)
+                sealed.append(s)
+                ptrs.append(p)
+            payload = None
+        else:
+            # Plain clusters: per cluster one copy to bytes (google_crc32c takes
+            # bytes only), one CRC and one pointer, in C-level loops where possible.
+            if min(map(len, chunks)) == cs:
+                sealed = list(map(bytes, chunks))
+            else:
+                sealed = [bytes(c).ljust(cs, b"\0") for c in chunks]
+                payload = None
+            base = first << bits
+            ptrs = list(map(_plain_pointer, range(base, base + (n << bits), cs), map(_crc32c, sealed)))
+        step = max(1, _RUN_BYTES >> bits)
+        for a in range(0, n, step):
+            if payload is not None:
+                part = payload[a << bits:(a + step) << bits]
+            else:
+                part = b"".join(sealed[a:a + step])
+            self.dev.write((first + a) << bits, part)
+            self.stats.bytes_written += len(part)
+        self.stats.clusters_written += n
         return ptrs
 
     # -- counts ----------------------------------------------------------------
@@ -333,8 +387,10 @@ class ClusterStore:
         if new_total > fmt.MAX_IMAGE_CLUSTERS:
             raise_code("space.exhausted", "the image would exceed 2^40 clusters")
         self.image_clusters = new_total
-        for c in range(first, new_total):
-            self._take(c)
+        new = range(first, new_total)   # _take() of each, in bulk
+        self.fresh.update(new)
+        self.counts.update(dict.fromkeys(new, 1))
+        self._unapplied.update(new)
         return first
 
     def alloc_hint(self) -> int:
@@ -394,8 +450,12 @@ class ClusterStore:
                     self._ref_home[key] = self.allocate(1)
                 continue
             pending, self._unapplied = self._unapplied, set()
+            counts, leaf_k, leaf = self.counts, -1, None
             for i in pending:
-                self._ref_leaf(i // per)[i % per] = self.counts[i]
+                k = i // per
+                if k != leaf_k:     # consecutive counts mostly share a block
+                    leaf_k, leaf = k, self._ref_leaf(k)
+                leaf[i - k * per] = counts[i]
         self._write_refcount_nodes()
 
     def _all_ref_nodes(self):

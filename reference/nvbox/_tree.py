@@ -16,6 +16,7 @@ reference follows R-cow-3 and recurses only into clusters whose count reaches
 from __future__ import annotations
 
 import bisect
+from operator import attrgetter
 
 from . import _der as der
 from . import _format as fmt
@@ -23,6 +24,7 @@ from .errors import raise_code
 
 Pointer = fmt.Pointer
 NULL = fmt.NULL
+_offset = attrgetter("offset")
 
 
 class MapNode:
@@ -229,7 +231,10 @@ class Trees:
         return node, index % F
 
     def _grow_depth(self, blob, new_size: int) -> None:
-        want = self.geo.map_depth(new_size)
+        geo = self.geo
+        if new_size <= geo.cluster_size * geo.fanout ** blob.depth:
+            return      # the map covers it already (an append to a big blob, mostly)
+        want = geo.map_depth(new_size)
         while blob.depth < want:
             # The old root becomes child 0 of a new root: its reference moves, no count changes.
             blob.root = MapNode([blob.root] + [NULL] * (self.geo.fanout - 1))
@@ -242,55 +247,116 @@ class Trees:
         old_size = blob.size
         self._grow_depth(blob, max(end, old_size))
         blob.size = max(end, old_size)
+        if end <= offset:
+            return
         view = memoryview(data)
+        first, last = offset // cs, (end - 1) // cs
+        # Clusters [lo, hi) are covered wholly, or up to the end of the data at or
+        # past the old size: their new content is just the slice of ``data``.  Only
+        # the first and last cluster can be partial: read, patch, write.
+        lo = first if offset % cs == 0 else first + 1
+        hi = last + 1 if (end % cs == 0 or end >= old_size) else last
         contents = []
-        for i in range(offset // cs, (end - 1) // cs + 1):
-            a = max(offset, i * cs) - i * cs
-            b = min(end, (i + 1) * cs) - i * cs
-            chunk = view[i * cs + a - offset:i * cs + b - offset]
-            if a == 0 and (b == cs or i * cs + b >= old_size):
-                contents.append((i, chunk))  # covers every byte that can be non-zero
-            else:
-                old = self._get_data_ptr(blob, i, kind)
-                base = bytearray(cs) if old.is_null else bytearray(self.store.read_raw(old, data_kind))
-                base[a:b] = chunk
-                contents.append((i, base))
-        self._store_clusters(blob, contents, kind, data_kind)
+        if first < lo:
+            contents.append(self._patched(blob, first, offset, view, kind, data_kind))
+        contents += [view[s:s + cs] for s in range(lo * cs - offset, hi * cs - offset, cs)]
+        if last >= max(hi, lo):
+            contents.append(self._patched(blob, last, offset, view, kind, data_kind))
+        # Whole clusters [lo, full_hi) are consecutive in ``view``: a run of them
+        # can go to the device straight from it.
+        full_hi = min(hi, end // cs)
+        source = (view, offset, lo, full_hi) if lo < full_hi else None
+        self._store_clusters(blob, first, contents, kind, data_kind, source)
 
-    def _store_clusters(self, blob, contents, kind, data_kind) -> None:
-        """Make data cluster i of ``blob`` hold each (i, bytes): in place when this
-        transaction wrote it and nobody shares it, else in a new cluster."""
+    def _patched(self, blob, i: int, offset: int, view, kind, data_kind) -> bytearray:
+        """Cluster ``i``'s current content with the part of ``view`` (at ``offset``) over it."""
+        cs = self.geo.cluster_size
+        a = max(offset, i * cs) - i * cs
+        b = min(offset + len(view), (i + 1) * cs) - i * cs
+        old = self._get_data_ptr(blob, i, kind)
+        base = bytearray(cs) if old.is_null else bytearray(self.store.read_raw(old, data_kind))
+        base[a:b] = view[i * cs + a - offset:i * cs + b - offset]
+        return base
+
+    def _store_clusters(self, blob, first: int, contents, kind, data_kind, source=None) -> None:
+        """Make data clusters ``first``, ``first + 1``, ... of ``blob`` hold
+        ``contents``: in place when this transaction wrote the cluster and nobody
+        shares it, else in a new cluster.  Contiguous clusters are written together.
+
+        ``source`` = (view, offset, lo, hi): clusters lo..hi-1 are whole and lie
+        consecutively in ``view`` (which starts at blob offset ``offset``)."""
         store, bits, F = self.store, self.geo.cluster_bits, self.geo.fanout
-        new_clusters = []      # (node or None for a depth-0 root, position, content)
-        leaf, leaf_id = None, None
-        for i, content in contents:
-            if blob.depth == 0:
-                node, j, old = None, 0, blob.root
-            else:
-                if i // F != leaf_id:  # one walk per map leaf, not per cluster
-                    leaf, _ = self._leaf_slot(blob, i, kind)
-                    leaf_id = i // F
-                node, j = leaf, i % F
-                old = node.children[j]
-            if not old.is_null and store.is_fresh(old) and store.count(old.offset >> bits) == 1:
-                ptr = store.write_cluster(old.offset >> bits, data_kind, bytes(content))
-                if node is None:
-                    blob.root = ptr
-                else:
-                    node.children[j] = ptr
+        fresh = store.fresh
+        n_all = len(contents)
+        # Where the pointers live: (list, first position, end position, first cluster).
+        if blob.depth == 0:
+            assert first == 0 and n_all == 1
+            box = [blob.root]
+            segments = [(box, 0, 1, 0)]
+        else:
+            box = None
+            segments = []
+            i, end = first, first + n_all
+            while i < end:  # one walk per map leaf, not per cluster
+                leaf, j = self._leaf_slot(blob, i, kind)
+                n = min(F - j, end - i)
+                segments.append((leaf.children, j, j + n, i))
+                i += n
+        in_place = []       # (cluster index, holder, position, content)
+        new = []            # (holder, first position, end position, first blob cluster): new clusters
+        new_contents = []
+        for holder, j0, j1, i0 in segments:
+            pos = i0 - first
+            if not any(map(_offset, holder[j0:j1])):     # all empty: no old clusters to replace
+                new.append((holder, j0, j1, i0))
+                new_contents += contents[pos:pos + j1 - j0]
                 continue
-            if not old.is_null:
-                store.decref(old)
-            new_clusters.append((node, j, content))
-        pos = 0
-        for first, n in store.allocate_many(len(new_clusters)) if new_clusters else ():
-            batch = new_clusters[pos:pos + n]
-            for (node, j, _), p in zip(batch, store.write_run(first, data_kind, [c for _, _, c in batch])):
-                if node is None:
-                    blob.root = p
+            for j in range(j0, j1):     # some clusters exist: one by one
+                old = holder[j]
+                content = contents[pos + j - j0]
+                if old.offset:
+                    c = old.offset >> bits
+                    if c in fresh and store.count(c) == 1:
+                        in_place.append((c, holder, j, content))
+                        continue
+                    store.decref(old)
+                new.append((holder, j, j + 1, i0 + j - j0))
+                new_contents.append(content)
+        # Rewrites in place, in runs of adjacent clusters.
+        k = 0
+        while k < len(in_place):
+            e = k + 1
+            while e < len(in_place) and in_place[e][0] == in_place[e - 1][0] + 1:
+                e += 1
+            run = in_place[k:e]
+            for (_, holder, j, _), p in zip(run, store.write_run(run[0][0], data_kind, [r[3] for r in run])):
+                holder[j] = p
+            k = e
+        # New clusters, in as few runs as the allocator gives.
+        if new_contents:
+            index = None    # the blob cluster of each new one: new[0]'s first + k if they are consecutive
+            if source is not None:
+                if all(a[3] + a[2] - a[1] == b[3] for a, b in zip(new, new[1:])):
+                    index = range(new[0][3], new[0][3] + len(new_contents))
                 else:
-                    node.children[j] = p
-            pos += n
+                    index = [i0 + d for _, j0, j1, i0 in new for d in range(j1 - j0)]
+            ptrs, pos = [], 0
+            for run_first, n in store.allocate_many(len(new_contents)):
+                payload = None
+                if index is not None:
+                    view, offset, lo, hi = source
+                    a = index[pos]
+                    if lo <= a and a + n <= hi and index[pos + n - 1] == a + n - 1:
+                        cs = self.geo.cluster_size
+                        payload = view[a * cs - offset:(a + n) * cs - offset]
+                ptrs += store.write_run(run_first, data_kind, new_contents[pos:pos + n], payload)
+                pos += n
+            pos = 0
+            for holder, j0, j1, _ in new:
+                holder[j0:j1] = ptrs[pos:pos + j1 - j0]
+                pos += j1 - j0
+        if box is not None:
+            blob.root = box[0]
 
     def _get_data_ptr(self, blob, i: int, kind) -> Pointer:
         if blob.depth == 0:
@@ -326,7 +392,7 @@ class Trees:
             if not old.is_null:
                 data = bytearray(self.store.read_raw(old, data_kind))
                 data[new_size % cs:] = bytes(cs - new_size % cs)
-                self._store_clusters(blob, [(i, data)], kind, data_kind)
+                self._store_clusters(blob, i, [data], kind, data_kind)
         blob.size = new_size
         # Remove levels the new size no longer needs: child 0 becomes the root.
         want = self.geo.map_depth(new_size)
@@ -363,8 +429,11 @@ class Trees:
     def flush_map(self, child, level: int, kind=fmt.KIND_MAP) -> Pointer:
         if isinstance(child, Pointer):
             return child
-        ptrs = [self.flush_map(ch, level - 1, kind) for ch in child.children]
-        if all(p.is_null for p in ptrs):
+        if level == 1:     # a map leaf: its children are data pointers
+            ptrs = child.children
+        else:
+            ptrs = [ch if type(ch) is Pointer else self.flush_map(ch, level - 1, kind) for ch in child.children]
+        if not any(map(_offset, ptrs)):
             return NULL
         store = self.store
         return store.write_cluster(store.allocate(1), kind, fmt.encode_pointers(ptrs, self.geo))
@@ -542,9 +611,7 @@ class Trees:
                     self.dir_touch(n, 0)
                 branches.append([sep, n])
             if parent is None:
-                state.dir_root = DirNode(node.level + 1, [])
-                for j, br in enumerate(branches):
-                    self.dir_insert(state.dir_root, j, br)
+                state.dir_root = DirNode(node.level + 1, branches)   # sizes measured on the next pass
                 state.dir_depth += 1
                 if state.dir_depth > fmt.MAX_DIR_DEPTH:
                     raise_code("blob.limit", "the directory would exceed 16 levels")
