@@ -637,6 +637,10 @@ class Trees:
             return [(node.items, sizes)]
         # Split into pieces of about equal encoded size, each within the limit.
         room = limit - 4
+        if max(sizes) > room:
+            # Only unknown fields kept from another writer (R-dir-4) make an entry this big.
+            raise_code("directory.entry", f"a directory entry of {max(sizes)} bytes cannot fit a node "
+                                          f"of {limit} bytes")
         pieces = max(-(-total // room), -(-len(sizes) // fmt.MAX_NODE_ITEMS))
         target = -(-total // pieces)
         groups, start, used = [], 0, 0

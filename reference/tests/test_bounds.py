@@ -224,3 +224,31 @@ def test_directory_node_split_by_element_count(monkeypatch):
     assert seen > 100 // 7
     assert check_image(img).verdict == "clean"
     assert sorted(img.names()) == sorted(f"b{i}" for i in range(100))
+
+
+def test_entry_too_big_for_any_node_is_refused():
+    """[R-dir-8] An entry that cannot fit a node alone is refused with
+    directory.entry and nothing is written.  Only unknown fields kept from another
+    writer (R-dir-4) make one: here a 440-byte field [2] beside an empty inline
+    blob fits a 512-byte cluster, and a 64-byte rewrite of that blob no longer does."""
+    from nvbox import _der as der
+    from nvbox.check import check_image
+    from nvbox.errors import NvboxError
+    img = nvbox.create(cluster_size=512)
+    img["keep"] = b"k" * 10
+    img["a"] = b""
+    with img.transaction():   # what another writer's image could hold
+        _, _, path, leaf, i, found = img._leaf_for("a")
+        assert found
+        leaf.items[i].extra = der.octets(b"\x07" * 440, der.context(2))
+        leaf.sizes = None
+        img.trees.dir_fix(img.state, path)
+    before = bytes(img.dev.inner.data)
+    with pytest.raises(NvboxError) as ei:
+        img["a"] = b"x" * 64
+    assert ei.value.code == "directory.entry"
+    assert bytes(img.dev.inner.data)[:2048] == before[:2048]     # no commit
+    assert img["a"] == b"" and img["keep"] == b"k" * 10
+    assert check_image(img).verdict == "clean"
+    img["a"] = b"x" * 8                                        # what fits still works
+    assert nvbox.open(bytes(img.dev.inner.data), "r")["a"] == b"x" * 8
