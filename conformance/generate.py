@@ -516,6 +516,7 @@ UNCOVERED = {
     "R-lock-1": "about processes (a second writer's lock), not about a file's contents; the reference's tests cover it",
     "R-lock-2": "about a reader racing a concurrent writer; no static file can show it",
     "R-lock-3": "about retries of a reader racing a concurrent writer; no static file can show it",
+    "R-dir-8": "only unknown fields from another writer make an entry too big for a node; write cases start from an empty image and roundtrip cases must succeed, so no case can ask a writer to refuse one; reference/tests/test_bounds.py covers it",
     "R-ref-8": "a refcount index node exists only above 256 clusters per block (128 KiB at 512-byte clusters), past the corpus's 64 KiB limit; reference/tests/test_format.py covers the shared decoder",
     "R-commit-2": "counts flushes, which only a block-level trace of a writer shows; the crash cases test its consequence",
     "R-commit-4": "a failed write or flush needs fault injection inside the implementation; not expressible through the process protocol",
