@@ -1020,6 +1020,13 @@ def snapshot_invalid(c) -> None:
     def setint(rec, idx, v):
         rec.kids[idx].content = int_tlv(v)
     table("n_snapshot_ids-descending", "Two snapshot records out of id order", lambda e, t: t.kids.insert(0, t.kids.pop(1)))
+    e = ed_of(raw)
+    t = e.snapshot_table()
+    setint(t.kids[0], 3, 3)      # s1 holds two blobs (v, w); its record says three
+    enc = encode_tlv(t)
+    e.set_snapshot_table(enc, len(enc))
+    c.check("corrupt", "k_corrupt_snapshot-blob-count", "A snapshot record's blobCount disagrees with its directory",
+            ["R-check-1", "R-snap-6"], e.bytes(), "corrupt")
     table("n_snapshot_id-duplicate", "Two records with the same id", lambda e, t: setint(t.kids[1], 0, 1))
     table("n_snapshot_id-not-below-next", "A record id equal to next_snapshot_id",
           lambda e, t: setint(t.kids[2], 0, e.layout.slot.next_snapshot_id))
