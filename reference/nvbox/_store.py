@@ -37,6 +37,11 @@ from . import _format as fmt
 from .errors import raise_code
 
 _CACHE_NODES = 4096
+# Refcount blocks a transaction scans upwards for free clusters (plus one per
+# counts_per_block clusters it allocates), then down from the end, before it
+# grows the image instead: see reset().
+_SCAN_BLOCKS = 4
+_TAIL_BLOCKS = 2
 # write_run issues one device write per this many bytes of contiguous clusters.
 _RUN_BYTES = 4 << 20
 _crc32c = google_crc32c.value   # bytes only (fmt.crc32c also takes other buffers)
@@ -101,6 +106,7 @@ class ClusterStore:
         self.cipher = cipher
         self.stats = Counter()
         self._cache: OrderedDict = OrderedDict()
+        self.scan_limit = _SCAN_BLOCKS    # None: scan every block before growing (compaction)
         self.reset(slot)
 
     # -- transaction state ---------------------------------------------------
@@ -125,6 +131,17 @@ class ClusterStore:
         # for free clusters starts there, so a full image is not scanned at all.
         self._scan_from = max(slot.alloc_hint, self.geo.header_clusters)
         self._scan_block = self._scan_from // self.geo.counts_per_block
+        # Refcount blocks scanned and clusters allocated by this transaction: the
+        # scan upwards from alloc_hint stops after scan_limit blocks plus one per
+        # block's worth of clusters allocated; then the last _TAIL_BLOCKS blocks
+        # are scanned, and then the image grows (R-alloc-1 allows any free
+        # cluster, or growing).  So a small change to a big, full image reads a
+        # bounded number of blocks.  alloc_hint stays below the first block the
+        # upward scan has not read; the next transaction goes on from there.
+        self._scanned = 0
+        self._allocated = 0
+        self._tail_block = None     # the next block the tail scan reads (downwards)
+        self._tail_left = 0
         # Counts changed since the refcount tree last took them (flush_refcounts).
         self._unapplied: set[int] = set()
         # Refcount nodes copied in this transaction: block index -> counts, and
@@ -314,58 +331,104 @@ class ClusterStore:
             self._candidate_set.add(i)
             heapq.heappush(self._candidates, i)
 
-    def _scan_more(self) -> bool:
-        """Scan the next durable refcount block for free clusters; False at the end."""
+    def _scan_more(self, force: bool = False) -> bool:
+        """Scan the next durable refcount blocks for free clusters until one
+        holds some; False at the end.  Past this transaction's budget (unless
+        ``force``) only the blocks at the end of the image are scanned."""
         per = self.geo.counts_per_block
         limit = self.durable.image_clusters
         while self._scan_block * per < limit:
+            if not force and self.scan_limit is not None \
+                    and self._scanned >= self.scan_limit + self._allocated // per:
+                return self._scan_tail()
             k = self._scan_block
             self._scan_block += 1
-            block = self._durable_block(k)
-            base = k * per
-            found = False
-            end = min(per, limit - base)
-            if block is None:
-                rng = range(end)
-            else:
-                rng = (j for j in range(end) if block[j] == 0)
-            for j in rng:
-                c = base + j
-                if c >= self._scan_from:
-                    self._add_candidate(c)
-                    found = True
-            if found:
+            self._scanned += 1
+            if self._scan_block_for_free(k):
                 return True
         return False
 
+    def _scan_tail(self) -> bool:
+        """Scan up to _TAIL_BLOCKS refcount blocks down from the end of the image.
+        Copy-on-write puts what a commit writes at the end, so what the next
+        commit frees is mostly there: a full image with a low hole (the usual
+        state after small commits) is served without reading every block."""
+        per = self.geo.counts_per_block
+        if self._tail_block is None:
+            self._tail_block = (self.durable.image_clusters - 1) // per
+            self._tail_left = _TAIL_BLOCKS
+        while self._tail_left > 0 and self._tail_block >= self._scan_block:
+            k = self._tail_block
+            self._tail_block -= 1
+            self._tail_left -= 1
+            if self._scan_block_for_free(k):
+                return True
+        return False
+
+    def _scan_block_for_free(self, k: int) -> bool:
+        """Add the free clusters of durable refcount block ``k`` (those at or past
+        ``_scan_from``) as candidates; True if there were any."""
+        per = self.geo.counts_per_block
+        base = k * per
+        end = min(per, self.durable.image_clusters - base)
+        j = max(0, self._scan_from - base)   # clusters below _scan_from are in use
+        found = False
+        block = self._durable_block(k)
+        if block is None:   # a hole in the refcount tree: every count is 0
+            for j in range(j, end):
+                self._add_candidate(base + j)
+                found = True
+            return found
+        while j < end:      # the zero counts, found at C speed (a full block has none)
+            try:
+                j = block.index(0, j, end)
+            except ValueError:
+                break
+            self._add_candidate(base + j)
+            found = True
+            j += 1
+        return found
+
     def _usable(self, c: int) -> bool:
         return c not in self.freed and c not in self.fresh and self.count(c) == 0
+
+    def _take_candidate(self, n: int):
+        """Take the lowest usable free cluster found so far or by scanning more
+        refcount blocks; None if there is none within the scan budget.  When the
+        image cannot grow by ``n``, every block is scanned before giving up."""
+        force = False
+        while True:
+            while self._candidates:
+                c = heapq.heappop(self._candidates)
+                self._candidate_set.discard(c)
+                if c < self.image_clusters and self._usable(c):
+                    self._take(c)
+                    return c
+            if self._scan_more(force):
+                continue
+            cap = self.header.capacity_clusters
+            if force or not ((cap and self.image_clusters + n > cap)
+                             or self.image_clusters + n > fmt.MAX_IMAGE_CLUSTERS):
+                return None
+            force = True
 
     def allocate(self, n: int = 1) -> int:
         """Allocate ``n`` contiguous clusters (n > 1 only at the end of the image
         or from adjacent candidates); return the first index."""
         if n == 1:
-            while True:
-                while self._candidates:
-                    c = heapq.heappop(self._candidates)
-                    self._candidate_set.discard(c)
-                    if c < self.image_clusters and self._usable(c):
-                        self._take(c)
-                        return c
-                if not self._scan_more():
-                    break
+            c = self._take_candidate(1)
+            if c is not None:
+                return c
         return self._grow(n)
 
     def allocate_many(self, n: int) -> list[tuple[int, int]]:
         """Allocate ``n`` clusters as few contiguous runs: [(first, length), ...]."""
         runs = []
         while n > 0:
-            if not self._candidates:
-                self._scan_more()
-            if not self._candidates:
+            first = self._take_candidate(n)
+            if first is None:
                 runs.append((self._grow(n), n))
                 break
-            first = self.allocate(1)
             length = 1
             while length < n and self._candidates and self._candidates[0] == first + length \
                     and self._usable(first + length):
@@ -391,6 +454,7 @@ class ClusterStore:
         self.fresh.update(new)
         self.counts.update(dict.fromkeys(new, 1))
         self._unapplied.update(new)
+        self._allocated += n
         return first
 
     def alloc_hint(self) -> int:
@@ -407,6 +471,7 @@ class ClusterStore:
     def _take(self, c: int) -> None:
         self.fresh.add(c)
         self.set_count(c, 1)
+        self._allocated += 1
 
     def shrink_to_fit(self) -> None:
         """Lower ``image_clusters`` to just past the last cluster in use."""

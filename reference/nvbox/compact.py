@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import _format as fmt
+from ._store import _SCAN_BLOCKS
 from .check import check_image
 from .errors import raise_code
 
@@ -167,36 +168,40 @@ def compact_image(image, progress=None) -> dict:
     dev = image.store.dev
     before = dev.size()
     passes = moved = 0
-    for passes in range(1, _MAX_PASSES + 1):
-        live, top = _live_clusters(image)
-        if top <= live and image.slot.image_clusters <= top and not _dead_refcount_blocks(image) \
-                and not _collapsible(image):
-            passes -= 1
-            break
-        old_clusters = image.slot.image_clusters
-        reloc = _Relocator(image, live)
-        with image._change():
-            slot, state = image.slot, image.state
-            if image.store.collapse_refcount_root():
-                reloc.moved += 1
-            if state.dir_depth:
-                state.dir_root = reloc.directory(state.dir_root, state.dir_depth - 1)
-            if slot.snapshot_count:
-                snaps = image._snapshot_list()
-                image._snapshots = [replace(s, dir_root=reloc.directory(s.dir_root, s.dir_depth - 1))
-                                    if s.dir_depth else s for s in snaps]
-                image._snap_dirty = True   # rewritten low, with the new roots
-            if not slot.keyslots.is_null:
-                new_keyslots = reloc.data(slot.keyslots, 0)
-                if new_keyslots != slot.keyslots:
-                    image._keyslots_dirty = lambda store, p=new_keyslots: p
-            reloc.refcount_tree()
-            image._shrink = True
-        moved += reloc.moved
-        image._truncate_file()
-        if progress:
-            progress(passes, _MAX_PASSES)
-        if image.slot.image_clusters >= old_clusters and not reloc.moved:
-            break
+    try:
+        for passes in range(1, _MAX_PASSES + 1):
+            image.store.scan_limit = None   # a pass needs every free cluster below the cutoff
+            live, top = _live_clusters(image)
+            if top <= live and image.slot.image_clusters <= top and not _dead_refcount_blocks(image) \
+                    and not _collapsible(image):
+                passes -= 1
+                break
+            old_clusters = image.slot.image_clusters
+            reloc = _Relocator(image, live)
+            with image._change():
+                slot, state = image.slot, image.state
+                if image.store.collapse_refcount_root():
+                    reloc.moved += 1
+                if state.dir_depth:
+                    state.dir_root = reloc.directory(state.dir_root, state.dir_depth - 1)
+                if slot.snapshot_count:
+                    snaps = image._snapshot_list()
+                    image._snapshots = [replace(s, dir_root=reloc.directory(s.dir_root, s.dir_depth - 1))
+                                        if s.dir_depth else s for s in snaps]
+                    image._snap_dirty = True   # rewritten low, with the new roots
+                if not slot.keyslots.is_null:
+                    new_keyslots = reloc.data(slot.keyslots, 0)
+                    if new_keyslots != slot.keyslots:
+                        image._keyslots_dirty = lambda store, p=new_keyslots: p
+                reloc.refcount_tree()
+                image._shrink = True
+            moved += reloc.moved
+            image._truncate_file()
+            if progress:
+                progress(passes, _MAX_PASSES)
+            if image.slot.image_clusters >= old_clusters and not reloc.moved:
+                break
+    finally:
+        image.store.scan_limit = _SCAN_BLOCKS
     return {"before": before, "after": dev.size(), "passes": passes, "moved": moved,
             "image_clusters": image.slot.image_clusters}
