@@ -38,7 +38,7 @@ from .errors import raise_code
 
 _CACHE_NODES = 4096
 # Refcount blocks a transaction scans upwards for free clusters (plus one per
-# counts_per_block clusters it allocates), then down from the end, before it
+# counts_per_block clusters it allocates), and down from the end, before it
 # grows the image instead: see reset().
 _SCAN_BLOCKS = 4
 _TAIL_BLOCKS = 2
@@ -131,13 +131,14 @@ class ClusterStore:
         # for free clusters starts there, so a full image is not scanned at all.
         self._scan_from = max(slot.alloc_hint, self.geo.header_clusters)
         self._scan_block = self._scan_from // self.geo.counts_per_block
-        # Refcount blocks scanned and clusters allocated by this transaction: the
-        # scan upwards from alloc_hint stops after scan_limit blocks plus one per
-        # block's worth of clusters allocated; then the last _TAIL_BLOCKS blocks
-        # are scanned, and then the image grows (R-alloc-1 allows any free
-        # cluster, or growing).  So a small change to a big, full image reads a
-        # bounded number of blocks.  alloc_hint stays below the first block the
-        # upward scan has not read; the next transaction goes on from there.
+        # Refcount blocks scanned and clusters allocated by this transaction: after
+        # the block alloc_hint points into, the last _TAIL_BLOCKS blocks are
+        # scanned, then upwards again until scan_limit blocks plus one per
+        # block's worth of clusters allocated, and then the image grows
+        # (R-alloc-1 allows any free cluster, or growing).  So a small change to
+        # a big, full image reads a bounded number of blocks.  alloc_hint stays
+        # below the first block the upward scan has not read; the next
+        # transaction goes on from there.
         self._scanned = 0
         self._allocated = 0
         self._tail_block = None     # the next block the tail scan reads (downwards)
@@ -332,15 +333,19 @@ class ClusterStore:
             heapq.heappush(self._candidates, i)
 
     def _scan_more(self, force: bool = False) -> bool:
-        """Scan the next durable refcount blocks for free clusters until one
-        holds some; False at the end.  Past this transaction's budget (unless
-        ``force``) only the blocks at the end of the image are scanned."""
+        """Scan durable refcount blocks for free clusters until one holds some;
+        False when there are no more (or, unless ``force``, when this
+        transaction's scan budget is spent: see reset())."""
         per = self.geo.counts_per_block
         limit = self.durable.image_clusters
         while self._scan_block * per < limit:
-            if not force and self.scan_limit is not None \
-                    and self._scanned >= self.scan_limit + self._allocated // per:
-                return self._scan_tail()
+            if not force and self.scan_limit is not None and self._scanned:
+                # Past the block alloc_hint points into: the end of the image
+                # first (see _scan_tail), then upwards within the budget.
+                if self._scan_tail():
+                    return True
+                if self._scanned >= self.scan_limit + self._allocated // per:
+                    return False
             k = self._scan_block
             self._scan_block += 1
             self._scanned += 1
