@@ -58,21 +58,28 @@ def main(argv=None) -> int:
             return 0
         states = distinct = torn = 0
         findings = []
-        for i, (s, d, t, f) in enumerate(pool.imap_unordered(_run, plan, chunksize=4), 1):
+
+        def save(done):
+            # Written as the run goes, so an interrupted run (the multi-level tail
+            # takes hours on 2 cores) still leaves what it explored.
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump({"workloads": done, "planned": len(plan), "states": states, "distinct": distinct,
+                               "torn": torn, "seconds": round(time.perf_counter() - t0, 1),
+                               "complete": done == len(plan), "findings": findings}, fh, indent=1)
+        for i, (s, d, t, f) in enumerate(pool.imap_unordered(_run, plan, chunksize=1), 1):
             states, distinct, torn = states + s, distinct + d, torn + t
             findings += f
-            if i % 200 == 0:
+            if i % 200 == 0 or (i > len(plan) - 1000 and i % 20 == 0):
                 print(f"  {i}/{len(plan)} workloads, {states} states, {len(findings)} findings, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
+                save(i)
     secs = time.perf_counter() - t0
     print(f"[crash-full] workloads {len(plan)}, crash states {states} (distinct images {distinct}, "
           f"torn {torn}), {secs:.0f} s, findings {len(findings)}")
     for f in findings[:50]:
         print("  FINDING", f)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"workloads": len(plan), "states": states, "distinct": distinct, "torn": torn,
-                       "seconds": round(secs, 1), "findings": findings}, fh, indent=1)
+    save(len(plan))
     return 1 if findings else 0
 
 

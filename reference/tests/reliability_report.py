@@ -107,8 +107,9 @@ def render(crash, faults, fuzz, conc, full) -> str:
     ]
     if full:
         lines.append(f"| crash states, full plan (`make crash-full`) | {full['states']:,} states in "
-                     f"{full['workloads']} workloads (of {len(tc.full_plan())} planned) | {full['seconds']} "
-                     f"| {len(full['findings'])} |")
+                     f"{full['workloads']} workloads (of {len(tc.full_plan())} planned"
+                     f"{'' if full.get('complete', True) else '; the run was stopped before the rest'}) "
+                     f"| {full['seconds']} s | {len(full['findings'])} |")
     lines += [
         f"| injected faults (`test_faults.py`) | {faults['faults']:,} faults (EIO, ENOSPC; each write, each "
         f"flush, disk full after each write) + {faults['crash_states']:,} crash states of failed operations "
