@@ -44,6 +44,7 @@ _SCAN_BLOCKS = 4
 _TAIL_BLOCKS = 2
 # write_run issues one device write per this many bytes of contiguous clusters.
 _RUN_BYTES = 4 << 20
+_CRC_GROUP_BYTES = 1 << 20    # clusters copied and checksummed together (stays in cache)
 _crc32c = google_crc32c.value   # bytes only (fmt.crc32c also takes other buffers)
 
 
@@ -233,14 +234,27 @@ class ClusterStore:
             payload = None
         else:
             # Plain clusters: per cluster one copy to bytes (google_crc32c takes
-            # bytes only), one CRC and one pointer, in C-level loops where possible.
-            if min(map(len, chunks)) == cs:
-                sealed = list(map(bytes, chunks))
-            else:
-                sealed = [bytes(c).ljust(cs, b"\0") for c in chunks]
+            # bytes only), one CRC and one pointer, in C-level loops where possible,
+            # a group at a time so the copies are checksummed and written while
+            # they are still in the CPU cache.
+            whole = min(map(len, chunks)) == cs
+            if not whole:
                 payload = None
-            base = first << bits
-            ptrs = list(map(_plain_pointer, range(base, base + (n << bits), cs), map(_crc32c, sealed)))
+            base, group = first << bits, max(1, _CRC_GROUP_BYTES >> bits)
+            ptrs = []
+            for a in range(0, n, group):
+                part = chunks[a:a + group]
+                sealed = list(map(bytes, part)) if whole else [bytes(c).ljust(cs, b"\0") for c in part]
+                start = base + (a << bits)
+                ptrs += map(_plain_pointer, range(start, start + (len(part) << bits), cs), map(_crc32c, sealed))
+                if payload is None:
+                    data = b"".join(sealed)
+                    self.dev.write(start, data)
+                    self.stats.bytes_written += len(data)
+            if payload is not None:
+                self._write_payload(first, payload)
+            self.stats.clusters_written += n
+            return ptrs
         step = max(1, _RUN_BYTES >> bits)
         for a in range(0, n, step):
             if payload is not None:
@@ -251,6 +265,15 @@ class ClusterStore:
             self.stats.bytes_written += len(part)
         self.stats.clusters_written += n
         return ptrs
+
+    def _write_payload(self, first: int, payload) -> None:
+        """Whole plain clusters ``first..`` from one buffer, uncopied, one device
+        write per ``_RUN_BYTES``."""
+        bits = self.geo.cluster_bits
+        for a in range(0, len(payload), _RUN_BYTES):
+            part = payload[a:a + _RUN_BYTES]
+            self.dev.write((first << bits) + a, part)
+            self.stats.bytes_written += len(part)
 
     # -- counts ----------------------------------------------------------------
 
