@@ -252,3 +252,42 @@ def test_entry_too_big_for_any_node_is_refused():
     assert check_image(img).verdict == "clean"
     img["a"] = b"x" * 8                                        # what fits still works
     assert nvbox.open(bytes(img.dev.inner.data), "r")["a"] == b"x" * 8
+
+
+@pytest.mark.parametrize("cluster_size", [512, 4096, 65536])
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_compact_after_deleting_everything_returns_to_fresh_size(tmp_path, cluster_size, encrypted):
+    """Issue 3: after deleting every blob and snapshot and compacting, the file is no
+    larger than a freshly created image plus one cluster [R-compact-1]."""
+    from nvbox import crypto
+    from nvbox.check import check_image
+    from nvbox.compact import compact_image
+    if encrypted and cluster_size < 1024:
+        pytest.skip("encrypted images need clusters of at least 1024 bytes")
+    kw = {"encrypt": True, "key": crypto.Key.from_passphrase(b"pw", kdf="fast")} if encrypted else {}
+    fresh_path, path = str(tmp_path / "fresh.nvbox"), str(tmp_path / "used.nvbox")
+    nvbox.create(fresh_path, cluster_size=cluster_size, **kw).close()
+    fresh = os.path.getsize(fresh_path)
+    img = nvbox.create(path, cluster_size=cluster_size, **kw)
+    with img.transaction():
+        for i in range(300):
+            img[f"small/{i}"] = bytes([i % 256]) * 40
+    img["big"] = os.urandom(300_000)
+    img.snapshots.create("s1", b"meta")
+    img.write("big", 1000, b"changed" * 1000)
+    img.snapshots.create("s2")
+    img["later"] = b"l" * 5000
+    assert os.path.getsize(path) > fresh + cluster_size
+    with img.transaction():
+        for name in img.names():
+            del img[name]
+    for s in img.snapshots.list():
+        img.snapshots.delete(s.name)
+    compact_image(img)
+    assert check_image(img).verdict == "clean"
+    img.close()
+    assert os.path.getsize(path) <= fresh + cluster_size, (os.path.getsize(path), fresh)
+    again = nvbox.open(path, "rw", **({"key": kw["key"]} if encrypted else {}))
+    assert again.names() == [] and len(again.snapshots) == 0
+    again["new"] = b"works"
+    again.close()
