@@ -1012,18 +1012,31 @@ types:
       - id: kdf_time
         type: u4
         valid:
-          expr: (kind != key_slot_kind::empty and kind != key_slot_kind::key_file) or _ == 0
-        doc: Argon2id iterations; scrypt log2 N; 0 for a key file.
+          expr: |
+            kind == key_slot_kind::passphrase_argon2id ? (_ >= 1 and _ <= 256) :
+            kind == key_slot_kind::passphrase_scrypt ? (_ >= 1 and _ <= 30) : _ == 0
+        doc: Argon2id iterations (1..256); scrypt log2 N (1..30); 0 for a key file.
+        doc-ref: spec/nvbox.md#101-keys [R-enc-7]
       - id: kdf_memory
         type: u4
         valid:
-          expr: (kind != key_slot_kind::empty and kind != key_slot_kind::key_file) or _ == 0
-        doc: Argon2id memory in KiB; scrypt r; 0 for a key file.
+          expr: |
+            kind == key_slot_kind::passphrase_argon2id ? _ <= 4194304 :
+            kind == key_slot_kind::passphrase_scrypt ? (_ >= 1 and _ <= 64 and _ <= (33554432 >> kdf_time)) :
+            _ == 0
+        doc: |
+          Argon2id memory in KiB (at most 4 GiB; the lower bound, 8 lanes, is checked on
+          `kdf_lanes`); scrypt r (1..64, and 128 * r * 2^kdf_time at most 2^32 bytes); 0 for a
+          key file.
+        doc-ref: spec/nvbox.md#101-keys [R-enc-7]
       - id: kdf_lanes
         type: u4
         valid:
-          expr: (kind != key_slot_kind::empty and kind != key_slot_kind::key_file) or _ == 0
-        doc: Argon2id lanes; scrypt p; 0 for a key file.
+          expr: |
+            kind == key_slot_kind::passphrase_argon2id ? (_ >= 1 and _ <= 64 and kdf_memory >= 8 * _) :
+            kind == key_slot_kind::passphrase_scrypt ? (_ >= 1 and _ <= 64) : _ == 0
+        doc: Argon2id lanes (1..64, with `kdf_memory >= 8 * lanes`); scrypt p (1..64); 0 for a key file.
+        doc-ref: spec/nvbox.md#101-keys [R-enc-7]
       - id: salt
         size: 16
         valid:

@@ -397,6 +397,12 @@ def enc_raw(tmp_path):
     (32 + 96 + 20, b"\x01", "/types/key_slot/seq/5"),        # empty slot with a salt
     (32 + 92, b"\x01", "/types/key_slot/seq/9"),
     (900, b"\x01", "/types/keyslot_table/seq/7"),            # padding
+    # R-enc-7: KDF parameters a reader must refuse before running the KDF.
+    (32 + 4, struct.pack("<I", 257), "/types/key_slot/seq/2"),          # Argon2id t > 256
+    (32 + 8, struct.pack("<I", 0xFFFFFFFF), "/types/key_slot/seq/3"),   # Argon2id m > 4 GiB
+    (32 + 12, struct.pack("<I", 65), "/types/key_slot/seq/4"),          # Argon2id p > 64
+    (32 + 8, struct.pack("<I", 16), "/types/key_slot/seq/4"),           # m = 16 KiB < 8 p (p = 4)
+    (32 + 96, struct.pack("<B3xIII", 2, 30, 64, 1), "/types/key_slot/seq/3"),  # scrypt 128 r N > 4 GiB
 ])
 def test_bad_keyslot_table(parse, enc_raw, rel, data, path):
     raw, off = enc_raw
