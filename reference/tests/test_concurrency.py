@@ -461,3 +461,35 @@ def test_open_of_a_truncated_image_is_still_image_truncated():
     with pytest.raises(NvboxError) as info:
         nvbox.open(before + now[fmt.HEADER_AREA:], "r")   # the old slots, the file after the truncation
     assert info.value.code == "image.truncated"
+
+
+
+class _FlappingHeaderDevice(nvbox.MemoryDevice):
+    """Every read of the header area returns the slots from before a compaction,
+    and differs from the previous one (a byte of the ignored header-area tail
+    flips): what a reader sees while a writer keeps committing faster than it
+    can open."""
+
+    def __init__(self, now: bytes, header_area_before: bytes):
+        super().__init__(now)
+        self.before, self.reads = bytearray(header_area_before), 0
+
+    def read(self, offset, length):
+        if offset == 0:
+            self.reads += 1
+            self.before[2000] = self.reads & 0xFF
+            return bytes(self.before[:length])
+        return super().read(offset, length)
+
+
+def test_open_starved_by_the_writer_gets_image_busy(monkeypatch):
+    """[R-lock-3] Opening retries while the slots keep changing, then gives up
+    with image.busy (liveness), not image.truncated (damage)."""
+    import nvbox.image as image_mod
+    monkeypatch.setattr(image_mod, "_pause", lambda attempt: None)
+    before, now = _compacted()
+    dev = _FlappingHeaderDevice(now, before)
+    with pytest.raises(NvboxError) as info:
+        nvbox.open(dev, "r")
+    assert info.value.code == "image.busy", str(info.value)
+    assert dev.reads == image_mod._READ_ATTEMPTS + 1
