@@ -37,9 +37,7 @@ class Snapshots:
 
     def _find(self, name) -> fmt.Snapshot:
         name = fmt.check_name(name, "snapshot.name")
-        img = self.image
-        img._check_open()
-        return img._reading(self._lookup, name)
+        return self.image._reading(self._lookup, name)
 
     def _lookup(self, name) -> fmt.Snapshot:
         """The record named ``name`` in the image's current state (no retry)."""
@@ -184,10 +182,7 @@ class SnapshotView:
         return BlobStat(e.name, e.size, e.inline is not None, e.depth)
 
     def names(self) -> list[str]:
-        def run():
-            r = self._current()
-            return [e.name for e in self.image.trees.dir_iter(r.dir_root, r.dir_depth)]
-        return sorted(self.image._reading(run))
+        return sorted(e.name for e in self.entries())
 
     def entries(self) -> list[BlobStat]:
         """Every entry (name, size, inline, depth) in key order, without reading data."""
@@ -284,7 +279,6 @@ def diff(image, a: str, b: str | None = None) -> dict:
             b_root, b_depth = rb.dir_root, rb.dir_depth
         return diff_trees(image.trees, ra.dir_root, ra.dir_depth, b_root, b_depth)
 
-    image._check_open()
     return image._reading(run)
 
 
