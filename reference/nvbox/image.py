@@ -44,6 +44,26 @@ def _pause(attempt: int) -> None:
     time.sleep(min(_PAUSE_MAX, _PAUSE_FIRST * 2 ** attempt) * (0.5 + _jitter.random() / 2))
 
 
+def _retry_while_the_writer_moves(attempt, race_codes, moved_on, during: str):
+    """``attempt()``, again while it fails with one of ``race_codes`` and
+    ``moved_on(failure)`` says the writer committed since (R-lock-2): at once,
+    then with short growing pauses.  A failure without a newer commit is the
+    image's own and is raised; ``image.busy`` after ``_READ_ATTEMPTS`` attempts."""
+    for n in range(_READ_ATTEMPTS):
+        try:
+            return attempt()
+        except NvboxError as exc:
+            if exc.code not in race_codes:
+                raise
+            failure = exc
+        if not moved_on(failure):
+            raise failure
+        if n:
+            _pause(n - 1)
+    raise error_class("image.busy")(
+        f"the writer committed {_READ_ATTEMPTS} times {during}; last: {failure}") from failure
+
+
 def _newest_generation(raw: bytes) -> int:
     """The highest generation among the valid slots of a header area (0 if none)."""
     gens = [int.from_bytes(raw[off + 8:off + 16], "little") for index, off in enumerate(fmt.SLOT_OFFSETS)
@@ -132,24 +152,16 @@ class Image:
         ``_READ_ATTEMPTS``.  Only an error that stays while the slots stay the
         same is the image's.  ``raw``: the header area, if already read.
         """
-        if raw is None:
-            raw = self.dev.read(0, fmt.HEADER_AREA)
-        for attempt in range(_READ_ATTEMPTS):
-            try:
-                return self._load_from(raw)
-            except NvboxError as exc:
-                if self.writable or exc.code not in _OPEN_RACE_CODES:
-                    raise
-                failure = exc
+        header = [self.dev.read(0, fmt.HEADER_AREA) if raw is None else raw]
+        if self.writable:
+            return self._load_from(header[0])
+
+        def slots_moved(failure) -> bool:
             newer = self.dev.read(0, fmt.HEADER_AREA)
-            if newer == raw:
-                raise failure
-            raw = newer
-            if attempt:
-                _pause(attempt - 1)
-        raise error_class("image.busy")(
-            f"the writer committed {_READ_ATTEMPTS} times while this reader opened the image; "
-            f"last: {failure}") from failure
+            moved, header[0] = newer != header[0], newer
+            return moved
+        _retry_while_the_writer_moves(lambda: self._load_from(header[0]), _OPEN_RACE_CODES, slots_moved,
+                                      "while this reader opened the image")
 
     def _load_from(self, raw: bytes) -> None:
         self.header = fmt.decode_header(raw)
@@ -294,28 +306,18 @@ class Image:
         self._check_open()
         if self.writable or self._read_depth:
             return fn(*args)            # the lock holder; or nested: the outer call retries
+        def moved_on(failure) -> bool:
+            if self._pin_depth:     # a read transaction never moves to another commit
+                if _newest_generation(self.dev.read(0, fmt.HEADER_AREA)) != self.slot.generation:
+                    raise error_class("image.changed")(
+                        f"generation {self.slot.generation}, which this read transaction reads, was "
+                        f"overwritten by later commits ({failure})") from failure
+                return False
+            return self._refresh_reader()
         self._read_depth += 1
         try:
-            for attempt in range(_READ_ATTEMPTS):
-                try:
-                    return fn(*args)
-                except NvboxError as exc:
-                    if exc.code not in _READ_RACE_CODES:
-                        raise
-                    failure = exc
-                if self._pin_depth:
-                    if _newest_generation(self.dev.read(0, fmt.HEADER_AREA)) != self.slot.generation:
-                        raise error_class("image.changed")(
-                            f"generation {self.slot.generation}, which this read transaction reads, was "
-                            f"overwritten by later commits ({failure})") from failure
-                    raise failure
-                if not self._refresh_reader():
-                    raise failure
-                if attempt:
-                    _pause(attempt - 1)
-            raise error_class("image.busy")(
-                f"the writer's commits replaced what this read needed {_READ_ATTEMPTS} times; "
-                f"last: {failure}") from failure
+            return _retry_while_the_writer_moves(lambda: fn(*args), _READ_RACE_CODES, moved_on,
+                                                 "while this read ran")
         finally:
             self._read_depth -= 1
 
