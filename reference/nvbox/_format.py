@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from typing import NamedTuple
+from functools import cached_property, lru_cache
 
 import google_crc32c
 
@@ -67,9 +68,19 @@ KNOWN_EXTENSIONS = {EXT_CREATOR}
 KIND_DATA, KIND_MAP, KIND_REFBLOCK, KIND_REFINDEX, KIND_DIR, KIND_SNAPDATA = 1, 2, 3, 4, 5, 6
 
 
+_ZEROS = bytes(1 << 16)
+
+
 def _nonzero(data) -> bool:
-    """True when ``data`` holds a byte other than zero (C speed, unlike any())."""
-    return bool(bytes(data).lstrip(b"\0"))
+    """True when ``data`` holds a byte other than zero.
+
+    ``_ZEROS.startswith(chunk)`` is one memcmp without a copy: about 0.1 us for
+    4 KiB, where ``bytes.lstrip`` takes 9 us and ``any()`` far longer."""
+    data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    step = len(_ZEROS)
+    if len(data) <= step:
+        return not _ZEROS.startswith(data)
+    return any(not _ZEROS.startswith(data[i:i + step]) for i in range(0, len(data), step))
 
 
 def crc32c(data) -> int:
@@ -155,10 +166,20 @@ class Geometry:
         return depth
 
 
+@lru_cache(maxsize=None)
+def geometry(cluster_bits: int, encrypted: bool = False) -> Geometry:
+    """The one shared Geometry for these parameters: opening an image decodes
+    several structures that each need it, and a fresh instance recomputes its
+    cached sizes (the readers decode in microseconds, so that shows)."""
+    return Geometry(cluster_bits, encrypted)
+
+
 # -- pointers (spec section 6) ----------------------------------------------
 
-@dataclass(frozen=True)
-class Pointer:
+class Pointer(NamedTuple):
+    """A pointer (a tuple: the write path builds one per cluster, and a frozen
+    dataclass costs about five times as much to build)."""
+
     offset: int = 0
     crc: int = 0
     nonce: bytes = b""
@@ -296,7 +317,7 @@ def decode_header(raw: bytes) -> Header:
         raise_code("header.field", f"refcount_order {refcount_order}, must be 4")
     if reserved0 or header_flags or _nonzero(raw[56:header_length]):
         raise_code("header.field", "reserved header bytes are not zero")
-    geo = Geometry(cluster_bits)
+    geo = geometry(cluster_bits)
     if capacity and not geo.header_clusters + 2 <= capacity <= MAX_IMAGE_CLUSTERS:
         raise_code("header.field", f"capacity_clusters {capacity} out of range")
     extensions = []
@@ -404,7 +425,7 @@ def decode_slot(raw: bytes, header: Header) -> Slot:
     if unknown:
         raise_code("feature.incompatible", f"unknown incompatible feature bits 0x{unknown:x}")
     encrypted = bool(incompat & INCOMPAT_ENCRYPTED)
-    geo = Geometry(header.cluster_bits, encrypted)
+    geo = geometry(header.cluster_bits, encrypted)
     width = geo.pointer_size
 
     def bad(why):
@@ -744,8 +765,10 @@ def decode_snapshot_table(raw, geo: Geometry, count: int, next_id: int) -> list[
 
 # -- key slot table (spec section 10.1) --------------------------------------
 
-@dataclass(frozen=True)
-class KeySlot:
+class KeySlot(NamedTuple):
+    """One key slot (a tuple: an open decodes eight, and a frozen dataclass
+    costs several times as much to build)."""
+
     kind: int = 0
     kdf_time: int = 0
     kdf_memory: int = 0
@@ -772,8 +795,14 @@ def encode_keyslots(slots, geo: Geometry) -> bytes:
     return (head + b"".join(s.encode() for s in slots)).ljust(geo.cluster_size, b"\0")
 
 
+_KEYSLOT = struct.Struct("<B3sIII16s12s32s16s4s")
+_EMPTY_KEYSLOT = bytes(KEYSLOT_SIZE)
+
+
 def decode_keyslots(raw) -> list[KeySlot]:
-    if len(raw) < 32 + NUM_KEYSLOTS * KEYSLOT_SIZE:
+    raw = bytes(raw)
+    end = 32 + NUM_KEYSLOTS * KEYSLOT_SIZE
+    if len(raw) < end:
         raise_code("key.slot_damaged", "the key slot table is truncated")
     magic, version, num, cipher = struct.unpack_from("<4sHHI", raw, 0)
 
@@ -782,15 +811,14 @@ def decode_keyslots(raw) -> list[KeySlot]:
 
     if magic != KEYSLOT_MAGIC or version != 1 or num != NUM_KEYSLOTS or cipher != 1:
         bad("key slot table header is not NVKS version 1 with 8 AES-256-GCM slots")
-    if _nonzero(raw[12:32]) or _nonzero(raw[32 + NUM_KEYSLOTS * KEYSLOT_SIZE:]):
+    if _nonzero(raw[12:32]) or _nonzero(raw[end:]):
         bad("reserved key slot table bytes are not zero")
     out = []
-    for i in range(NUM_KEYSLOTS):
-        chunk = raw[32 + i * KEYSLOT_SIZE:32 + (i + 1) * KEYSLOT_SIZE]
-        kind, t, m, p, salt, nonce, wrapped, tag = struct.unpack("<B3xIII16s12s32s16s4x", chunk)
-        if kind not in KEYSLOT_KINDS or _nonzero(chunk[1:4]) or _nonzero(chunk[92:96]):
+    for i, fields in enumerate(_KEYSLOT.iter_unpack(raw[32:end])):
+        kind, reserved_a, t, m, p, salt, nonce, wrapped, tag, reserved_b = fields
+        if kind not in KEYSLOT_KINDS or reserved_a != b"\0\0\0" or reserved_b != b"\0\0\0\0":
             bad(f"key slot {i} has an unknown kind or non-zero reserved bytes")
-        if kind == 0 and _nonzero(chunk):
+        if kind == 0 and raw[32 + i * KEYSLOT_SIZE:32 + (i + 1) * KEYSLOT_SIZE] != _EMPTY_KEYSLOT:
             bad(f"empty key slot {i} is not all zero")
         out.append(KeySlot(kind, t, m, p, salt, nonce, wrapped, tag))
     if not any(s.in_use for s in out):

@@ -48,31 +48,6 @@ _CRC_GROUP_BYTES = 1 << 20    # clusters copied and checksummed together (stays 
 _crc32c = google_crc32c.value   # bytes only (fmt.crc32c also takes other buffers)
 
 
-def _make_plain_pointer():
-    """A constructor of plain ``Pointer(offset, crc)`` values for the write path.
-
-    The frozen dataclass's ``__init__`` costs about 2 us, a large part of the
-    per-cluster time of a big write.  The fields are filled in directly instead
-    (nonce and tag keep their class defaults); the result is an ordinary,
-    equal Pointer.  If Pointer ever stops having a ``__dict__``, the plain
-    constructor is used.
-    """
-    P = fmt.Pointer
-    probe = object.__new__(P)
-    if not hasattr(probe, "__dict__") or {f for f in P.__dataclass_fields__} != {"offset", "crc", "nonce", "tag"}:
-        return P
-    new = object.__new__
-
-    def plain_pointer(offset: int, crc: int) -> fmt.Pointer:
-        p = new(P)
-        d = p.__dict__
-        d["offset"] = offset
-        d["crc"] = crc
-        return p
-    return plain_pointer
-
-
-_plain_pointer = _make_plain_pointer()
 
 
 class Counter:
@@ -103,7 +78,7 @@ class ClusterStore:
     def __init__(self, dev, header: fmt.Header, slot: fmt.Slot, cipher=None):
         self.dev = dev
         self.header = header
-        self.geo = fmt.Geometry(header.cluster_bits, slot.encrypted)
+        self.geo = fmt.geometry(header.cluster_bits, slot.encrypted)
         self.cipher = cipher
         self.stats = Counter()
         self._cache: OrderedDict = OrderedDict()
@@ -202,7 +177,7 @@ class ClusterStore:
         if self.cipher is not None and kind != 0:
             data, nonce, tag = self.cipher.encrypt(offset, kind, data)
             return data, fmt.Pointer(offset, fmt.crc32c(data), nonce, tag)
-        return data, _plain_pointer(offset, fmt.crc32c(data))
+        return data, fmt.Pointer(offset, fmt.crc32c(data))
 
     def write_cluster(self, index: int, kind: int, data: bytes) -> fmt.Pointer:
         """Write one fresh cluster (R-cow-1: never a durable one)."""
@@ -246,7 +221,7 @@ class ClusterStore:
                 part = chunks[a:a + group]
                 sealed = list(map(bytes, part)) if whole else [bytes(c).ljust(cs, b"\0") for c in part]
                 start = base + (a << bits)
-                ptrs += map(_plain_pointer, range(start, start + (len(part) << bits), cs), map(_crc32c, sealed))
+                ptrs += map(fmt.Pointer, range(start, start + (len(part) << bits), cs), map(_crc32c, sealed))
                 if payload is None:
                     data = b"".join(sealed)
                     self.dev.write(start, data)

@@ -45,16 +45,14 @@ always uses the parameters recorded in the slot.  Where Argon2id is missing
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import os
 import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from . import _format as fmt
@@ -121,8 +119,21 @@ def argon2_available() -> bool:
     return _argon2_ok
 
 
+def _hkdf_extract(ikm: bytes, salt: bytes) -> bytes:
+    """HKDF-SHA256's extract step (RFC 5869 section 2.2): PRK = HMAC(salt, ikm)."""
+    return hmac.digest(salt, ikm, "sha256")
+
+
+def _hkdf_expand32(prk: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256's expand step for one 32-byte output (RFC 5869 section 2.3:
+    T(1) = HMAC(PRK, info || 0x01)).  hmac.digest runs in C; the cryptography
+    package's HKDF object costs three times as much per call, and an open
+    derives two keys."""
+    return hmac.digest(prk, info + b"\x01", "sha256")
+
+
 def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=info).derive(ikm)
+    return _hkdf_expand32(_hkdf_extract(ikm, salt), info)
 
 
 def _check_params(p: KdfParams, index: int) -> None:
@@ -176,11 +187,15 @@ class Key:
             unless ``NVBOX_KDF_PROFILE=test`` is set.
         algorithm: "argon2id", "scrypt" or None (Argon2id when available).
 
-    The key caches the key-encryption keys it derived (in memory only), so
-    reopening an image with the same ``Key`` does not rerun the KDF.
+    The key caches, in memory only, the key-encryption keys it derived and the
+    ciphers it unlocked (by image uuid and the exact bytes of the key slot
+    table), so reopening an image with the same ``Key`` neither reruns the KDF
+    nor unwraps and derives again while the table is unchanged.  A changed table
+    (a slot added or removed) is unlocked afresh.
     """
 
-    __slots__ = ("_secret", "source", "kdf", "algorithm", "_keks", "_master")
+    __slots__ = ("_secret", "source", "kdf", "algorithm", "_keks", "_master", "_unlocked")
+    _UNLOCKED_MAX = 8
 
     def __init__(self, secret, source: str = "passphrase", *, kdf: str | None = None,
                  algorithm: str | None = None):
@@ -205,6 +220,7 @@ class Key:
         self.algorithm = algorithm
         self._keks: dict = {}
         self._master = secret if source == "master" else None
+        self._unlocked: dict = {}       # image uuid -> (table head, its zero tail, CRC, Cipher)
 
     @classmethod
     def from_passphrase(cls, passphrase, *, kdf: str | None = None, algorithm: str | None = None) -> "Key":
@@ -268,6 +284,29 @@ class Key:
             return kind == KIND_KEYFILE
         return self.source == "passphrase" and kind in (KIND_ARGON2ID, KIND_SCRYPT)
 
+    def _cached_cipher(self, image_uuid: bytes, table: bytes, crc: int) -> "Cipher | None":
+        """The cipher this key unlocked from exactly these table bytes, if any.
+
+        A valid table is its 800-byte head followed by zeros (R-enc-2), so the
+        head and the length name it; the tail is still compared with zeros, so
+        a table the decoder would refuse is never answered from here.  Both
+        comparisons are memcmp: no copy, no hash.  Equal bytes have the CRC
+        recorded when they were first checked, so the pointer's ``crc`` is
+        compared with that instead of recomputing it."""
+        hit = self._unlocked.get(image_uuid)
+        if hit is None:
+            return None
+        head, zero_tail, table_crc, cipher = hit
+        if crc != table_crc or len(table) != _TABLE_HEAD + len(zero_tail) or not table.startswith(head) \
+                or not table.endswith(zero_tail):
+            return None
+        return cipher
+
+    def _remember(self, image_uuid: bytes, table: bytes, crc: int, cipher: "Cipher") -> None:
+        if len(self._unlocked) >= self._UNLOCKED_MAX:
+            self._unlocked.clear()
+        self._unlocked[image_uuid] = (bytes(table[:_TABLE_HEAD]), _zero_tail(len(table)), crc, cipher)
+
     def _kek(self, p: KdfParams, salt: bytes) -> bytes:
         k = (p, salt)
         kek = self._keks.get(k)
@@ -306,9 +345,11 @@ class Cipher:
             raise ValueError("master key must be 32 bytes and the uuid 16")
         self._master = bytes(master)
         self.image_uuid = bytes(image_uuid)
-        self._aead = AESGCM(_hkdf(self._master, self.image_uuid, _INFO_CLUSTER))
-        self._mac_key = _hkdf(self._master, self.image_uuid, _INFO_SLOT_MAC)
+        prk = _hkdf_extract(self._master, self.image_uuid)
+        self._aead = AESGCM(_hkdf_expand32(prk, _INFO_CLUSTER))
+        self._mac_key = _hkdf_expand32(prk, _INFO_SLOT_MAC)
         self._prefix = b"NVBX" + self.image_uuid
+        self._verified_slot = None      # the last commit slot body whose MAC checked out
 
     def __repr__(self):
         return "<nvbox.crypto.Cipher AES-256-GCM>"
@@ -337,11 +378,24 @@ class Cipher:
 
     def slot_mac(self, body) -> bytes:
         """HMAC-SHA256 of a commit slot's bytes 0..475."""
-        return hmac.new(self._mac_key, bytes(body[:476]), hashlib.sha256).digest()
+        return hmac.digest(self._mac_key, bytes(body[:476]), "sha256")
 
     def verify_slot(self, raw) -> bool:
-        raw = bytes(raw)
-        return len(raw) >= 508 and hmac.compare_digest(self.slot_mac(raw[:476]), raw[476:508])
+        """True when the commit slot's MAC (bytes 476..507) is right for this master key.
+
+        The last body that passed is remembered: a reopen or refresh that finds
+        the same unchanged slot (the common case) is answered by comparing 508
+        bytes instead of recomputing the HMAC.  Same bytes, same answer."""
+        raw = raw if isinstance(raw, bytes) else bytes(raw)
+        if self._verified_slot is not None and raw.startswith(self._verified_slot):
+            return True
+        body = raw[:508]
+        if len(body) < 508:
+            return False
+        ok = hmac.compare_digest(self.slot_mac(body[:476]), body[476:508])
+        if ok:
+            self._verified_slot = body
+        return ok
 
 
 # -- hooks used by image.py --------------------------------------------------------------------------
@@ -361,20 +415,46 @@ def setup_for_create(key: Key):
     return setup
 
 
+_TABLE_HEAD = 32 + fmt.NUM_KEYSLOTS * fmt.KEYSLOT_SIZE     # the table's bytes that may be non-zero
+
+
+@functools.lru_cache(maxsize=None)
+def _zero_tail(table_size: int) -> bytes:
+    """The zero bytes after a table's head, one object per cluster size (for a memcmp)."""
+    return bytes(table_size - _TABLE_HEAD)
+
+
 def read_table(image, slot=None) -> list[fmt.KeySlot]:
     """The key slot table ``slot`` (default: the image's durable slot) names,
-    after its checksum (R-enc-2).  Only reads."""
-    slot = image.slot if slot is None else slot
-    geo = fmt.Geometry(image.header.cluster_bits, True)
+    after its checksum (R-enc-2), decoded and its KDF bounds checked (R-enc-7).
+    Only reads."""
+    return _decode_table(_read_table_bytes(image, image.slot if slot is None else slot))
+
+
+def _read_table_bytes(image, slot) -> bytes:
+    raw = _read_table_unchecked(image, slot)
+    _check_table_bytes(raw, slot.keyslots, 1 << image.header.cluster_bits)
+    return raw
+
+
+def _read_table_unchecked(image, slot) -> bytes:
+    """The bytes of the key slot table cluster, its CRC not yet checked.  ``slot``
+    is a decoded slot: decode_slot has checked its ``keyslots`` pointer (R-slot-8)."""
     ptr = slot.keyslots
-    if ptr.is_null:
+    if ptr.offset == 0:
         raise_code("key.not_encrypted", "the image is not encrypted")
-    fmt.check_pointer(ptr, geo, slot.image_clusters)
-    raw = image.dev.read(ptr.offset, geo.cluster_size)
-    if len(raw) != geo.cluster_size:
+    return image.dev.read(ptr.offset, 1 << image.header.cluster_bits)
+
+
+def _check_table_bytes(raw: bytes, ptr: fmt.Pointer, cluster_size: int) -> None:
+    """The table cluster is whole and matches its pointer's CRC (R-enc-2)."""
+    if len(raw) != cluster_size:
         raise_code("image.truncated", f"the key slot table at {ptr.offset} lies past the end of the file")
     if fmt.crc32c(raw) != ptr.crc:
         raise_code("key.slot_damaged", f"the key slot table at {ptr.offset} does not match its checksum")
+
+
+def _decode_table(raw: bytes) -> list[fmt.KeySlot]:
     table = fmt.decode_keyslots(raw)
     for i, ks in enumerate(table):
         if ks.in_use:
@@ -394,8 +474,18 @@ def unlock(image, slot, key) -> Cipher:
         raise_code("key.missing", "the image is encrypted: give a passphrase or key file")
     if not isinstance(key, Key):
         raise_code("usage.argument", "key must be an nvbox.crypto.Key")
-    table = read_table(image, slot)
-    image_uuid = image.header.image_uuid
+    raw = _read_table_unchecked(image, slot)
+    image_uuid, ptr = image.header.image_uuid, slot.keyslots
+    # A reopen with the same key: equal table bytes unlock to the same cipher.
+    cipher = key._cached_cipher(image_uuid, raw, ptr.crc)
+    if cipher is None:
+        _check_table_bytes(raw, ptr, 1 << image.header.cluster_bits)
+        cipher = _unlock_table(_decode_table(raw), image_uuid, key)
+        key._remember(image_uuid, raw, ptr.crc, cipher)
+    return cipher
+
+
+def _unlock_table(table: list[fmt.KeySlot], image_uuid: bytes, key: Key) -> Cipher:
     if key.source == "master":
         # The slot MAC, checked next by the caller, proves the master key right.
         return Cipher(key._master, image_uuid)

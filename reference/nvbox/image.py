@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from . import _format as fmt
+from . import crypto
 from ._store import ClusterStore
 from ._tree import NULL, Blob, DirNode, MapNode, Trees
 from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
@@ -183,7 +184,6 @@ class Image:
                 if known is not None and known.verify_slot(body):
                     cipher = known
                 else:
-                    from . import crypto
                     cipher = crypto.unlock(self, slot, self._key)
                     if not cipher.verify_slot(body):
                         continue
@@ -628,8 +628,7 @@ class Image:
     def key_slots(self):
         """The key slot manager of an encrypted image (``nvbox.crypto.KeySlots``):
         ``list()``, ``add(key)``, ``remove(index or key)``, ``replace(...)``."""
-        from .crypto import KeySlots
-        return KeySlots(self)
+        return crypto.KeySlots(self)
 
     def _snapshot_list(self):
         if self._snapshots is None:
@@ -865,7 +864,6 @@ def create(target=None, cluster_size: int = 4096, capacity=None, *, encrypt: boo
         raise_code("space.exhausted", f"a capacity of {size_cap} bytes cannot hold an image")
     setup = None
     if encrypt:
-        from . import crypto
         setup = crypto.setup_for_create(key)
     _initial_image(dev, cluster_bits, capacity_clusters, setup)
     dev.flush()

@@ -17,13 +17,16 @@ from nvbox import _store
 from nvbox.check import check_image
 
 
-def test_plain_pointer_is_an_ordinary_pointer():
-    p = _store._plain_pointer(8192, 0xDEADBEEF)
+def test_pointer_is_an_immutable_value():
+    # The write path builds pointers with map(fmt.Pointer, offsets, crcs).
+    p, = map(fmt.Pointer, [8192], [0xDEADBEEF])
     q = fmt.Pointer(8192, 0xDEADBEEF)
     assert type(p) is fmt.Pointer
     assert p == q and hash(p) == hash(q) and repr(p) == repr(q)
-    assert p.nonce == b"" and p.tag == b"" and not p.is_null
+    assert p.nonce == b"" and p.tag == b"" and not p.is_null and fmt.Pointer().is_null
     assert p.encode(fmt.PLAIN_POINTER) == q.encode(fmt.PLAIN_POINTER)
+    with pytest.raises(AttributeError):
+        p.offset = 0
 
 
 def _apply(model: bytearray, offset: int, data: bytes) -> None:
