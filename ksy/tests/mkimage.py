@@ -16,13 +16,13 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-import google_crc32c
+import crc32c as crc32c_lib
 
 MAGIC = b"\x8aNVB\r\n\x1a\n"
 
 
 def crc32c(b: bytes) -> int:
-    return google_crc32c.value(bytes(b))
+    return crc32c_lib.crc32c(bytes(b))
 
 
 # --- DER --------------------------------------------------------------------

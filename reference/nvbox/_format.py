@@ -13,9 +13,11 @@ import hashlib
 import struct
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
+from itertools import chain, repeat
+from operator import itemgetter
 
-import google_crc32c
+import crc32c as _crc32c_lib
 
 from . import _der as der
 from .errors import raise_code
@@ -83,8 +85,10 @@ def _nonzero(data) -> bool:
     return any(not _ZEROS.startswith(data[i:i + step]) for i in range(0, len(data), step))
 
 
-def crc32c(data) -> int:
-    return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
+# CRC-32C (Castagnoli) of any buffer (bytes, bytearray, memoryview), in hardware
+# where the CPU has it, and without a copy: the write path checksums each
+# cluster as a slice of the caller's buffer.
+crc32c = _crc32c_lib.crc32c
 
 
 def blob_key(name: str) -> bytes:
@@ -196,6 +200,7 @@ class Pointer(NamedTuple):
 
 
 NULL = Pointer()
+_offset_and_crc = itemgetter(0, 1)
 
 
 def decode_pointer(raw, width: int) -> Pointer:
@@ -224,16 +229,28 @@ def check_pointer(ptr: Pointer, geo: Geometry, image_clusters: int) -> None:
                    f"pointer to cluster {index} outside [{geo.header_clusters}, {image_clusters})")
 
 
+_new_pointer = partial(tuple.__new__, Pointer)
+
+
+def plain_pointers(offsets, crcs):
+    """``Pointer(offset, crc)`` for each pair, built in C (no Python frame per
+    pointer: a 64 MiB write at 4 KiB clusters makes 16,384 of them)."""
+    return map(_new_pointer, zip(offsets, crcs, repeat(b""), repeat(b"")))
+
+
+@lru_cache(maxsize=None)
+def _plain_node_struct(count: int) -> struct.Struct:
+    return struct.Struct("<" + "QI4x" * count)
+
+
 def encode_pointers(ptrs, geo: Geometry) -> bytes:
     """A map node or refcount index node: ``fanout`` pointers, zero padded."""
     w = geo.pointer_size
     if w == PLAIN_POINTER:
-        out = bytearray(geo.cluster_size)
-        pack = struct.pack_into
-        for i, p in enumerate(ptrs):
-            if p.offset:
-                pack("<QI", out, i * 16, p.offset, p.crc)
-        return bytes(out)
+        # A null pointer is (0, 0, ...): it packs to the 16 zero bytes R-ptr-2 wants.
+        ptrs = list(ptrs)
+        body = _plain_node_struct(len(ptrs)).pack(*chain.from_iterable(map(_offset_and_crc, ptrs)))
+        return body.ljust(geo.cluster_size, b"\0")
     body = b"".join(p.encode(w) for p in ptrs)
     return body.ljust(geo.cluster_size, b"\0")
 

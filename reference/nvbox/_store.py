@@ -31,7 +31,6 @@ import os
 from array import array
 from collections import OrderedDict
 
-import google_crc32c
 
 from . import _format as fmt
 from .errors import raise_code
@@ -44,8 +43,7 @@ _SCAN_BLOCKS = 4
 _TAIL_BLOCKS = 2
 # write_run issues one device write per this many bytes of contiguous clusters.
 _RUN_BYTES = 4 << 20
-_CRC_GROUP_BYTES = 1 << 20    # clusters copied and checksummed together (stays in cache)
-_crc32c = google_crc32c.value   # bytes only (fmt.crc32c also takes other buffers)
+_JOIN_GROUP_BYTES = 1 << 20   # clusters not in one caller's buffer are joined and written this many bytes at a time
 
 
 
@@ -208,26 +206,22 @@ class ClusterStore:
                 ptrs.append(p)
             payload = None
         else:
-            # Plain clusters: per cluster one copy to bytes (google_crc32c takes
-            # bytes only), one CRC and one pointer, in C-level loops where possible,
-            # a group at a time so the copies are checksummed and written while
-            # they are still in the CPU cache.
-            whole = min(map(len, chunks)) == cs
-            if not whole:
+            # Plain clusters: each CRC straight from the caller's buffer (no
+            # copy), the pointers built in C, and whole clusters written from
+            # ``payload`` as they are.  Short chunks are padded; then the
+            # clusters are joined a group at a time (a bounded extra buffer).
+            if min(map(len, chunks)) < cs:
+                chunks = [c if len(c) == cs else bytes(c).ljust(cs, b"\0") for c in chunks]
                 payload = None
-            base, group = first << bits, max(1, _CRC_GROUP_BYTES >> bits)
-            ptrs = []
-            for a in range(0, n, group):
-                part = chunks[a:a + group]
-                sealed = list(map(bytes, part)) if whole else [bytes(c).ljust(cs, b"\0") for c in part]
-                start = base + (a << bits)
-                ptrs += map(fmt.Pointer, range(start, start + (len(part) << bits), cs), map(_crc32c, sealed))
-                if payload is None:
-                    data = b"".join(sealed)
-                    self.dev.write(start, data)
-                    self.stats.bytes_written += len(data)
+            ptrs = list(fmt.plain_pointers(range(first << bits, (first + n) << bits, cs), map(fmt.crc32c, chunks)))
             if payload is not None:
                 self._write_payload(first, payload)
+            else:
+                group = max(1, _JOIN_GROUP_BYTES >> bits)
+                for a in range(0, n, group):
+                    data = b"".join(chunks[a:a + group])
+                    self.dev.write((first + a) << bits, data)
+                    self.stats.bytes_written += len(data)
             self.stats.clusters_written += n
             return ptrs
         step = max(1, _RUN_BYTES >> bits)

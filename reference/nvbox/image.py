@@ -39,6 +39,9 @@ _READ_RACE_CODES = frozenset({"cluster.checksum", "cluster.auth", "image.truncat
 # Opening also reads the key slot table of an encrypted image.
 _OPEN_RACE_CODES = _READ_RACE_CODES | {"key.slot_damaged"}
 _jitter = random.Random()
+# Inside a transaction, writes that continue the previous write into the same
+# blob are gathered up to this many bytes and applied as one (see write()).
+_GATHER_BYTES = 1 << 20
 
 
 def _pause(attempt: int) -> None:
@@ -204,6 +207,8 @@ class Image:
         self._begin_state()
 
     def _begin_state(self) -> None:
+        self._gathered = None           # (name, blob offset, bytearray): writes not yet applied
+        self._write_end = None          # (name, end): where this transaction's last write ended
         slot = self.slot
         self.state = _DirState(slot.dir_root, slot.dir_depth, slot.blob_count)
         self._snapshots = None          # loaded on demand
@@ -215,6 +220,7 @@ class Image:
 
     def _recover(self) -> None:
         """Back to the last durable commit after a failure (R-commit-4)."""
+        self._gathered = self._write_end = None
         stats = self.store.stats
         try:
             self._load()
@@ -324,11 +330,22 @@ class Image:
     # -- transactions ------------------------------------------------------------------
 
     def _check_open(self) -> None:
+        """Every public call passes here first; so gathered writes are applied here,
+        before anything else can observe or change the blob they belong to."""
         if self._closed:
             raise_code("image.closed")
         if self._poisoned is not None:
             raise_code("image.poisoned", f"a failed commit could not be undone ({self._poisoned.code}): "
                                          "close the handle and reopen the image")
+        if self.writable:
+            if self._gathered is not None:
+                self._apply_gathered()
+            self._write_end = None      # this call may change the blob: the next write starts afresh
+
+    def _apply_gathered(self) -> None:
+        name, offset, buf = self._gathered
+        self._gathered = None
+        self.write(name, offset, buf)
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -346,6 +363,8 @@ class Image:
         self._txn_depth += 1
         try:
             yield self
+            if self._txn_depth == 1 and self._gathered is not None:
+                self._apply_gathered()      # still inside the transaction: part of its commit
         except BaseException:
             self._txn_depth -= 1
             if self._txn_depth == 0:
@@ -380,9 +399,15 @@ class Image:
 
     def _commit(self) -> None:
         """R-commit-1: trees, refcounts, flush, slot, flush."""
+        assert self._gathered is None, "gathered writes are applied before the transaction ends"
         if not self._changed:
             return
         trees, store, state = self.trees, self.store, self.state
+        if state.dir_depth and isinstance(state.dir_root, DirNode) and not state.dir_root.items:
+            # A lookup that found nothing in an empty directory (a delete, truncate
+            # or write(create=False) that raised inside a transaction) left the empty
+            # root leaf it made for an insert: dir_depth is 0 iff the directory is empty.
+            state.dir_root, state.dir_depth = NULL, 0
         dir_root = trees.flush_dir(state.dir_root, state.dir_depth - 1) if state.dir_depth else NULL
         slot = self.slot
         snaptable_root, snaptable_depth, snaptable_size = slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size
@@ -551,12 +576,43 @@ class Image:
 
     def write(self, name, offset: int, data, create: bool = True) -> None:
         """Write ``data`` at ``offset`` inside blob ``name`` (a partial write touches
-        only the clusters it covers).  Writing past the end extends the blob with zeros."""
+        only the clusters it covers).  Writing past the end extends the blob with zeros.
+
+        Inside a transaction, a write that starts where the previous write into
+        the same blob ended (a sequential writer, e.g. a ``BlobIO``) is gathered
+        with the ones after it, up to 1 MiB, and they are applied together: the
+        same result as applying each, for a fraction of the per-call work.  Any
+        other call on the image, and the end of the transaction, applies them
+        first; an error in applying them (``space.exhausted``, ``io.error``) is
+        raised by that call, and as with any error inside the block, leaving
+        the block with it commits nothing.
+        """
+        end = self._write_end
+        if end is not None and offset == end[1] and name == end[0] and self._txn_depth and not self._closed \
+                and isinstance(data, (bytes, bytearray, memoryview)):
+            self._gather(name, offset, data)
+            return
         data = bytes(data)
         if offset < 0:
             raise_code("usage.argument", "negative offset")
         if offset + len(data) > fmt.MAX_BLOB_SIZE:
             raise_code("blob.too_large")
+        self._write_now(name, offset, data, create)
+        if self._txn_depth:
+            self._write_end = (name, offset + len(data))
+
+    def _gather(self, name, offset: int, data) -> None:
+        n = memoryview(data).nbytes
+        if offset + n > fmt.MAX_BLOB_SIZE:
+            raise_code("blob.too_large")
+        if self._gathered is None:
+            self._gathered = (name, offset, bytearray())
+        self._gathered[2].extend(data)
+        self._write_end = (name, offset + n)
+        if len(self._gathered[2]) >= _GATHER_BYTES:
+            self._apply_gathered()
+
+    def _write_now(self, name, offset: int, data: bytes, create: bool) -> None:
         with self._change():
             name, key, path, leaf, i, found = self._leaf_for(name)
             if not found:
@@ -715,6 +771,7 @@ class Image:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._gathered = self._write_end = None     # an uncommitted transaction's, like its other changes
             self.dev.close()
 
     def __enter__(self):

@@ -770,3 +770,23 @@ def test_info_and_parse_size(img):
     assert nvbox.parse_size("64M") == 64 << 20 and nvbox.parse_size("4k") == 4096 and nvbox.parse_size(12) == 12
     assert nvbox.parse_size("1GiB") == 1 << 30
     assert code_of(nvbox.parse_size, "lots") == "usage.argument"
+
+
+@pytest.mark.parametrize("failing", ["delete", "truncate", "write-no-create"])
+def test_a_failed_lookup_in_an_empty_directory_inside_a_transaction_commits_a_valid_image(tmp_path, failing):
+    # The lookup made an empty root leaf for a possible insert; before the fix
+    # the commit wrote it, and the image could no longer be read (directory.node).
+    from nvbox.check import check_image
+    path = tmp_path / "e.nvbox"
+    with nvbox.create(path, cluster_size=4096) as img:
+        with img.transaction():
+            img["x"] = b"1"
+            del img["x"]
+            call = {"delete": lambda: img.delete("y"), "truncate": lambda: img.truncate("y", 3),
+                    "write-no-create": lambda: img.write("y", 0, b"z", create=False)}[failing]
+            with pytest.raises(nvbox.NvboxError) as ei:
+                call()
+            assert ei.value.code == "blob.not_found"
+        assert img.names() == [] and img.slot.dir_depth == 0
+    with nvbox.open(path) as img:
+        assert img.names() == [] and check_image(img).verdict == "clean"
