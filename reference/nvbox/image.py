@@ -590,8 +590,10 @@ class Image:
         end = self._write_end
         if end is not None and offset == end[1] and name == end[0] and self._txn_depth and not self._closed \
                 and isinstance(data, (bytes, bytearray, memoryview)):
-            self._gather(name, offset, data)
-            return
+            n = data.nbytes if isinstance(data, memoryview) else len(data)
+            if n < _GATHER_BYTES:           # a large write gains nothing from a copy
+                self._gather(name, offset, data, n)
+                return
         data = bytes(data)
         if offset < 0:
             raise_code("usage.argument", "negative offset")
@@ -601,8 +603,7 @@ class Image:
         if self._txn_depth:
             self._write_end = (name, offset + len(data))
 
-    def _gather(self, name, offset: int, data) -> None:
-        n = memoryview(data).nbytes
+    def _gather(self, name, offset: int, data, n: int) -> None:
         if offset + n > fmt.MAX_BLOB_SIZE:
             raise_code("blob.too_large")
         if self._gathered is None:
