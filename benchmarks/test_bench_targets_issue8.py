@@ -6,10 +6,13 @@ flush) against swtpm's directory back end (write a temporary file, fsync it, ren
 the old one, fsync the directory; PEERS.md).  Each store keeps every blob it wrote, so both
 files grow the same way.
 
-The two are timed in alternating rounds, the order swapped every round, and compared by
-their medians.  Run separately, the same puts differed by a factor of 3 from one minute to
-the next on a shared machine (the page cache's dirty data left by earlier writes decides
-how long an fsync waits), which says nothing about either system.
+The two are timed in alternating rounds, the order swapped every round.  The result is the
+median over rounds of each round's ratio (the plain-file put's time over nvbox's in the same
+round), so each comparison is made under the same machine conditions.  On the shared
+machine those conditions switch between two states for minutes at a time: a 16 MiB put
+took 7-10 ms (files) and 15-18 ms (nvbox) in one, about 45 ms for both in the other (the
+writer throttled by the page cache's dirty data).  A ratio of the two sides' overall medians
+mixes the states whenever a run spans both, and swung from 0.38 to 1.25 between runs.
 """
 
 import statistics
@@ -27,7 +30,7 @@ SIZES = B.pick([16 * MiB], [16 * MiB, 64 * MiB])
 def test_large_put_vs_plain_files(benchmark, size):
     benchmark.group = f"issue 8: large put {B.size_id(size)}, nvbox vs plain files"
     data = B.payload(size)
-    rounds = B.pick(5, 7)
+    rounds = B.pick(5, 9)
     times = {"nvbox": [], "files": []}
     with B.workdir() as d:
         stores = {name: B.create(name, d) for name in times}
@@ -50,9 +53,11 @@ def test_large_put_vs_plain_files(benchmark, size):
             for s in stores.values():
                 s.close()
     nv, pl = statistics.median(times["nvbox"]), statistics.median(times["files"])
-    ratio = pl / nv          # nvbox throughput / plain-file throughput
+    # nvbox throughput / plain-file throughput, round by round
+    ratio = statistics.median(f / n for f, n in zip(times["files"], times["nvbox"]))
     B.annotate(benchmark, "nvbox", "target_large_put", size, nvbox_seconds=nv, files_seconds=pl,
                nvbox_mib_s=size / MiB / nv, files_mib_s=size / MiB / pl, throughput_ratio=ratio,
+               ratio_of_medians=pl / nv,
                nvbox_rounds=times["nvbox"], files_rounds=times["files"], file_sizes=sizes)
     B.target(benchmark, f"issue8 large put {B.size_id(size)}: nvbox/plain-file throughput "
-             f"({nv * 1e3:.0f} vs {pl * 1e3:.0f} ms)", round(ratio, 3), 0.5, op=">=")
+             f"(median of per-round ratios; medians {nv * 1e3:.0f} vs {pl * 1e3:.0f} ms)", round(ratio, 3), 0.5, op=">=")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import os
 from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 
 
@@ -506,13 +507,21 @@ class ClusterStore:
                 for key in homeless:
                     self._ref_home[key] = self.allocate(1)
                 continue
-            pending, self._unapplied = self._unapplied, set()
-            counts, leaf_k, leaf = self.counts, -1, None
-            for i in pending:
-                k = i // per
-                if k != leaf_k:     # consecutive counts mostly share a block
-                    leaf_k, leaf = k, self._ref_leaf(k)
-                leaf[i - k * per] = counts[i]
+            pending, self._unapplied = sorted(self._unapplied), set()
+            counts, j = self.counts, 0
+            while j < len(pending):     # one refcount block at a time
+                k = pending[j] // per
+                base = k * per
+                end = bisect_left(pending, base + per, j)
+                leaf = self._ref_leaf(k)
+                if pending[end - 1] - pending[j] == end - j - 1:
+                    # Consecutive clusters (a large write's): one slice assignment.
+                    leaf[pending[j] - base:pending[end - 1] - base + 1] = \
+                        array("H", map(counts.__getitem__, pending[j:end]))
+                else:
+                    for i in pending[j:end]:
+                        leaf[i - base] = counts[i]
+                j = end
         self._write_refcount_nodes()
 
     def _all_ref_nodes(self):
