@@ -243,6 +243,12 @@ def _plain_node_struct(count: int) -> struct.Struct:
     return struct.Struct("<" + "QI4x" * count)
 
 
+@lru_cache(maxsize=None)
+def _encrypted_node_struct(count: int) -> struct.Struct:
+    # "12s"/"16s" zero-pad a null pointer's empty nonce and tag.
+    return struct.Struct("<" + "QI12s16s" * count)
+
+
 def encode_pointers(ptrs, geo: Geometry) -> bytes:
     """A map node or refcount index node: ``fanout`` pointers, zero padded."""
     w = geo.pointer_size
@@ -251,7 +257,10 @@ def encode_pointers(ptrs, geo: Geometry) -> bytes:
         ptrs = list(ptrs)
         body = _plain_node_struct(len(ptrs)).pack(*chain.from_iterable(map(_offset_and_crc, ptrs)))
         return body.ljust(geo.cluster_size, b"\0")
-    body = b"".join(p.encode(w) for p in ptrs)
+    ptrs = list(ptrs)
+    if any(len(p.nonce) not in (0, 12) or len(p.tag) not in (0, 16) for p in ptrs):
+        raise ValueError("an encrypted pointer needs a 12-byte nonce and a 16-byte tag")
+    body = _encrypted_node_struct(len(ptrs)).pack(*chain.from_iterable(ptrs))
     return body.ljust(geo.cluster_size, b"\0")
 
 

@@ -381,7 +381,8 @@ class Cipher:
         randomness = self._fresh_nonces(n)
         nonces = [randomness[i:i + NONCE_SIZE] for i in range(0, n * NONCE_SIZE, NONCE_SIZE)]
         tags = []
-        seal_into, prefix, pack = self._seal_into, self._prefix, struct.pack
+        seal_into = self._aead.encrypt_into if _HAVE_ENCRYPT_INTO else self._seal_into
+        prefix, pack = self._prefix, struct.pack
         for i, (nonce, plaintext) in enumerate(zip(nonces, clusters)):
             pos = i * cluster_size
             if len(plaintext) != cluster_size:
@@ -392,10 +393,8 @@ class Cipher:
         return out[:n * cluster_size], nonces, tags
 
     def _seal_into(self, nonce, plaintext, aad, buf) -> None:
-        if _HAVE_ENCRYPT_INTO:
-            self._aead.encrypt_into(nonce, plaintext, aad, buf)
-        else:       # cryptography without encrypt_into: the same bytes, one copy more
-            buf[:] = self._aead.encrypt(nonce, bytes(plaintext), aad)
+        """``encrypt_into`` for a ``cryptography`` without it: the same bytes, one copy more."""
+        buf[:] = self._aead.encrypt(nonce, bytes(plaintext), aad)
 
     def _fresh_nonces(self, n: int) -> bytes:
         """``n`` nonces of 12 bytes end to end: random bits from the operating

@@ -677,3 +677,20 @@ def test_blob_key_is_sha256():
 def test_fixed_decoders_truncated_input(call):
     with pytest.raises(NvboxError):
         call()
+
+
+def test_encode_pointers_packs_as_each_pointer_encodes():
+    # The node encoder packs all pointers with one Struct; each 16- or 40-byte
+    # record must be exactly what Pointer.encode gives, nulls all zero.
+    import os as _os
+    for encrypted, width in ((False, fmt.PLAIN_POINTER), (True, fmt.ENCRYPTED_POINTER)):
+        geo = fmt.Geometry(10, encrypted)
+        ptrs = [fmt.Pointer(4096 * (i + 1), i * 7919, _os.urandom(12), _os.urandom(16)) if encrypted
+                else fmt.Pointer(4096 * (i + 1), i * 7919) for i in range(geo.fanout)]
+        ptrs[3] = fmt.NULL
+        raw = fmt.encode_pointers(ptrs[:-1], geo)
+        assert len(raw) == geo.cluster_size
+        assert raw == b"".join(p.encode(width) for p in ptrs[:-1]).ljust(geo.cluster_size, b"\0")
+        assert fmt.decode_pointers(raw, geo)[:geo.fanout - 1] == ptrs[:-1]
+    with pytest.raises(ValueError):
+        fmt.encode_pointers([fmt.Pointer(4096, 1, b"short", bytes(16))], fmt.Geometry(10, True))
