@@ -185,3 +185,24 @@ def test_blobio_sequential_writes_in_a_transaction(tmp_path):
                 for i in range(100):
                     f.write(bytes([i]) * 777)
         assert img["f"] == b"".join(bytes([i]) * 777 for i in range(100))
+
+
+def test_gathered_buffers_of_any_shape(tmp_path):
+    # The gather buffer is reused: what it held must already be written, and
+    # memoryviews of other item sizes or strides go through the ordinary path.
+    import array
+    img = nvbox.create(tmp_path / "g.nvbox", cluster_size=4096)
+    words = array.array("I", range(1000))
+    strided = memoryview(bytes(range(256)) * 20)[::2]
+    expected = bytearray()
+    with img.transaction():
+        for piece in (b"head", bytearray(b"x" * 5000), memoryview(words), strided, memoryview(b"tail")):
+            img.write("b", len(expected), piece)
+            expected += bytes(piece) if not isinstance(piece, memoryview) else piece.tobytes()
+        assert img["b"] == bytes(expected)
+        for i in range(600):                               # several buffer-fulls, reused
+            chunk = bytes([i % 256]) * 4000
+            img.write("b", len(expected), chunk)
+            expected += chunk
+    assert img["b"] == bytes(expected)
+    img.close()
