@@ -182,7 +182,7 @@ def geometry(cluster_bits: int, encrypted: bool = False) -> Geometry:
 
 class Pointer(NamedTuple):
     """A pointer (a tuple: the write path builds one per cluster, and a frozen
-    dataclass costs about five times as much to build)."""
+    dataclass takes 2.4 times as long to build, 0.56 against 0.23 us)."""
 
     offset: int = 0
     crc: int = 0
@@ -243,11 +243,6 @@ def _plain_node_struct(count: int) -> struct.Struct:
     return struct.Struct("<" + "QI4x" * count)
 
 
-@lru_cache(maxsize=None)
-def _encrypted_node_struct(count: int) -> struct.Struct:
-    # "12s"/"16s" zero-pad a null pointer's empty nonce and tag.
-    return struct.Struct("<" + "QI12s16s" * count)
-
 
 def encode_pointers(ptrs, geo: Geometry) -> bytes:
     """A map node or refcount index node: ``fanout`` pointers, zero padded."""
@@ -257,10 +252,7 @@ def encode_pointers(ptrs, geo: Geometry) -> bytes:
         ptrs = list(ptrs)
         body = _plain_node_struct(len(ptrs)).pack(*chain.from_iterable(map(_offset_and_crc, ptrs)))
         return body.ljust(geo.cluster_size, b"\0")
-    ptrs = list(ptrs)
-    if any(len(p.nonce) not in (0, 12) or len(p.tag) not in (0, 16) for p in ptrs):
-        raise ValueError("an encrypted pointer needs a 12-byte nonce and a 16-byte tag")
-    body = _encrypted_node_struct(len(ptrs)).pack(*chain.from_iterable(ptrs))
+    body = b"".join(p.encode(w) for p in ptrs)
     return body.ljust(geo.cluster_size, b"\0")
 
 
@@ -792,8 +784,7 @@ def decode_snapshot_table(raw, geo: Geometry, count: int, next_id: int) -> list[
 # -- key slot table (spec section 10.1) --------------------------------------
 
 class KeySlot(NamedTuple):
-    """One key slot (a tuple: an open decodes eight, and a frozen dataclass
-    costs several times as much to build)."""
+    """One key slot (a tuple, like Pointer: an open decodes eight)."""
 
     kind: int = 0
     kdf_time: int = 0

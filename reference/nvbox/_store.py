@@ -32,7 +32,6 @@ from array import array
 from bisect import bisect_left
 from collections import OrderedDict
 
-
 from . import _format as fmt
 from .errors import raise_code
 
@@ -44,9 +43,9 @@ _SCAN_BLOCKS = 4
 _TAIL_BLOCKS = 2
 # write_run issues one device write per this many bytes of contiguous clusters.
 _RUN_BYTES = 4 << 20
-_JOIN_GROUP_BYTES = 1 << 20   # clusters not in one caller's buffer are joined and written this many bytes at a time
-
-
+# Clusters not in one caller's buffer (padded, or sealed) are joined and written
+# this many bytes at a time.
+_JOIN_GROUP_BYTES = 1 << 20
 
 
 class Counter:

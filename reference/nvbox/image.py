@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from . import _format as fmt
 from . import crypto
 from ._store import ClusterStore
-from ._tree import NULL, Blob, DirNode, MapNode, Trees
+from ._tree import NULL, Blob, Trees
 from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
 from .errors import NvboxError, error_class, raise_code
 
@@ -406,11 +406,6 @@ class Image:
         if not self._changed:
             return
         trees, store, state = self.trees, self.store, self.state
-        if state.dir_depth and isinstance(state.dir_root, DirNode) and not state.dir_root.items:
-            # A lookup that found nothing in an empty directory (a delete, truncate
-            # or write(create=False) that raised inside a transaction) left the empty
-            # root leaf it made for an insert: dir_depth is 0 iff the directory is empty.
-            state.dir_root, state.dir_depth = NULL, 0
         dir_root = trees.flush_dir(state.dir_root, state.dir_depth - 1) if state.dir_depth else NULL
         slot = self.slot
         snaptable_root, snaptable_depth, snaptable_size = slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size
@@ -527,13 +522,20 @@ class Image:
 
     # -- blobs: writing ------------------------------------------------------------------
 
-    def _leaf_for(self, name):
+    def _leaf_for(self, name, must_exist: bool = False):
+        """The path to the leaf where ``name`` is or would go.  With ``must_exist``,
+        a missing blob is ``blob.not_found``; the path's copy is first put back
+        in order by ``dir_fix``, which removes the empty root leaf ``dir_path``
+        makes in an empty directory (inside a transaction nothing else would)."""
         name = fmt.check_name(name)
         key = fmt.blob_key(name)
         path = self.trees.dir_path(self.state, key)
         leaf = path[-1][0]
         i = leaf.find(key)
         found = i < len(leaf.items) and leaf.items[i].key == key
+        if must_exist and not found:
+            self.trees.dir_fix(self.state, path)
+            raise_code("blob.not_found", f"no blob named {name!r}")
         return name, key, path, leaf, i, found
 
     def put(self, name, data) -> None:
@@ -568,9 +570,7 @@ class Image:
 
     def delete(self, name) -> None:
         with self._change():
-            name, key, path, leaf, i, found = self._leaf_for(name)
-            if not found:
-                raise_code("blob.not_found", f"no blob named {name!r}")
+            name, key, path, leaf, i, found = self._leaf_for(name, must_exist=True)
             self.trees.drop_blob(self.trees.dir_pop(leaf, i))
             self.state.blob_count -= 1
             self.trees.dir_fix(self.state, path)
@@ -625,10 +625,8 @@ class Image:
 
     def _write_now(self, name, offset: int, data: bytes, create: bool) -> None:
         with self._change():
-            name, key, path, leaf, i, found = self._leaf_for(name)
+            name, key, path, leaf, i, found = self._leaf_for(name, must_exist=not create)
             if not found:
-                if not create:
-                    raise_code("blob.not_found", f"no blob named {name!r}")
                 self.trees.dir_insert(leaf, i, Blob(name, 0, b"", key=key))
                 self.state.blob_count += 1
             blob = leaf.items[i]
@@ -656,9 +654,7 @@ class Image:
         if size < 0 or size > fmt.MAX_BLOB_SIZE:
             raise_code("usage.argument" if size < 0 else "blob.too_large")
         with self._change():
-            name, key, path, leaf, i, found = self._leaf_for(name)
-            if not found:
-                raise_code("blob.not_found", f"no blob named {name!r}")
+            name, key, path, leaf, i, found = self._leaf_for(name, must_exist=True)
             blob = leaf.items[i]
             if size <= self.geo.inline_max:
                 content = self._read_entry(blob, 0, size).ljust(size, b"\0")

@@ -680,8 +680,8 @@ def test_fixed_decoders_truncated_input(call):
 
 
 def test_encode_pointers_packs_as_each_pointer_encodes():
-    # The node encoder packs all pointers with one Struct; each 16- or 40-byte
-    # record must be exactly what Pointer.encode gives, nulls all zero.
+    # The plain node encoder packs all pointers with one Struct: each record must
+    # be exactly what Pointer.encode gives, nulls all zero (encrypted nodes too).
     import os as _os
     for encrypted, width in ((False, fmt.PLAIN_POINTER), (True, fmt.ENCRYPTED_POINTER)):
         geo = fmt.Geometry(10, encrypted)
@@ -692,5 +692,14 @@ def test_encode_pointers_packs_as_each_pointer_encodes():
         assert len(raw) == geo.cluster_size
         assert raw == b"".join(p.encode(width) for p in ptrs[:-1]).ljust(geo.cluster_size, b"\0")
         assert fmt.decode_pointers(raw, geo)[:geo.fanout - 1] == ptrs[:-1]
-    with pytest.raises(ValueError):
-        fmt.encode_pointers([fmt.Pointer(4096, 1, b"short", bytes(16))], fmt.Geometry(10, True))
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 65536, 65537, 200_000])
+def test_nonzero_finds_any_nonzero_byte(size):
+    # _nonzero compares with a 64 KiB zero buffer, chunk by chunk past that size.
+    for kind in (bytes, bytearray, memoryview):
+        assert not fmt._nonzero(kind(bytes(size)))
+        for pos in {0, size // 2, size - 1} if size else ():
+            buf = bytearray(size)
+            buf[pos] = 1
+            assert fmt._nonzero(kind(bytes(buf))), (kind, pos)

@@ -206,3 +206,14 @@ def test_gathered_buffers_of_any_shape(tmp_path):
             expected += chunk
     assert img["b"] == bytes(expected)
     img.close()
+
+
+def test_a_gathered_write_past_the_largest_blob_is_refused():
+    img = nvbox.create(None, cluster_size=4096)
+    from nvbox import _format as fmt
+    top = fmt.MAX_BLOB_SIZE
+    with img.transaction():
+        img.write("b", top - 10, b"x" * 5)                # sparse: a few map nodes
+        assert code_of(img.write, "b", top - 5, b"y" * 6) == "blob.too_large"   # would be gathered
+        img.write("b", top - 5, b"y" * 5)                 # exactly to the end: fine
+    assert img.read("b", top - 10, 10) == b"x" * 5 + b"y" * 5
