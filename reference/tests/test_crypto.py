@@ -455,22 +455,22 @@ def test_nonces_never_repeat_in_100000_cluster_writes(nonce_log):
 
 @pytest.mark.parametrize("encrypt_into", [True, False])
 def test_encrypt_run_seals_each_cluster_as_encrypt_does(monkeypatch, encrypt_into):
-    # encrypt_run writes each ciphertext in place, its tag spilling into the next
-    # cluster's place until that one is sealed: every byte must still be encrypt's.
+    # encrypt_run seals every cluster into one buffer, each ciphertext followed by
+    # its tag, and hands out views of the ciphertexts: every byte must be encrypt's.
     monkeypatch.setattr(crypto, "_HAVE_ENCRYPT_INTO", encrypt_into and crypto._HAVE_ENCRYPT_INTO)
     c = Cipher(os.urandom(32), os.urandom(16))
     drawn = os.urandom(12 * 5)
     monkeypatch.setattr(c, "_fresh_nonces", lambda n: drawn[:12 * n])
     clusters = [os.urandom(1024) for _ in range(5)]
     sealed, nonces, tags = c.encrypt_run(8192, 1024, fmt.KIND_DATA, [memoryview(x) for x in clusters])
-    assert len(sealed) == 5 * 1024 and nonces == [drawn[i * 12:(i + 1) * 12] for i in range(5)]
+    assert [len(x) for x in sealed] == [1024] * 5 and nonces == [drawn[i * 12:(i + 1) * 12] for i in range(5)]
     for i, plain in enumerate(clusters):
-        ct = bytes(sealed[i * 1024:(i + 1) * 1024])
+        ct = bytes(sealed[i])
         assert c.decrypt(8192 + i * 1024, fmt.KIND_DATA, ct, nonces[i], tags[i]) == plain
         monkeypatch.setattr(c, "_fresh_nonces", lambda n, i=i: nonces[i])
         assert c.encrypt(8192 + i * 1024, fmt.KIND_DATA, plain) == (ct, nonces[i], tags[i])
     with pytest.raises(ValueError):
-        c.encrypt_run(0, 1024, fmt.KIND_DATA, [b"short"])
+        c.encrypt_run(0, 1024, fmt.KIND_DATA, [bytes(1024), b"short"])
     with pytest.raises(ValueError):
         c.encrypt_run(0, 1024, 0, [bytes(1024)])
 

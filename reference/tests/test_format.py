@@ -680,7 +680,7 @@ def test_fixed_decoders_truncated_input(call):
 
 
 def test_encode_pointers_packs_as_each_pointer_encodes():
-    # The plain node encoder packs all pointers with one Struct: each record must
+    # The node encoder packs all pointers with one Struct: each record must
     # be exactly what Pointer.encode gives, nulls all zero (encrypted nodes too).
     import os as _os
     for encrypted, width in ((False, fmt.PLAIN_POINTER), (True, fmt.ENCRYPTED_POINTER)):
