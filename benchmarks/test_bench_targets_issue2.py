@@ -183,7 +183,7 @@ def test_sequential_64m_vs_plain_file(benchmark, chunk, cluster):
                 for c in chunks:
                     img.write("blob", off, c)
                     off += len(c)
-        benchmark.pedantic(op, setup=setup, rounds=B.pick(3, 7), iterations=1)
+        benchmark.pedantic(op, setup=setup, rounds=B.pick(5, 7), iterations=1)
         st = state["img"].stats
         state["img"].close()
     nv = benchmark.stats.stats.median

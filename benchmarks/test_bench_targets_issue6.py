@@ -66,7 +66,7 @@ def test_encrypted_sequential_64m_vs_plain(benchmark):
 
         def op():
             encrypted.append(_write_64m(os.path.join(d, f"e{next(k)}"), chunks, encrypt=True, key=key))
-        benchmark.pedantic(op, setup=setup, rounds=B.pick(3, 7), iterations=1)
+        benchmark.pedantic(op, setup=setup, rounds=B.pick(5, 7), iterations=1)
     pl, en = statistics.median(plain), statistics.median(encrypted)
     # encrypted throughput / plain throughput: the median of each round's ratio (the plain
     # write runs just before the encrypted one it is compared with)

@@ -46,7 +46,6 @@ _RUN_BYTES = 4 << 20
 # Clusters not in one caller's buffer (padded, or sealed) are joined and written
 # this many bytes at a time.
 _JOIN_GROUP_BYTES = 1 << 20
-_TAG_SIZE = 16      # an AES-GCM tag (R-enc-5)
 
 
 class Counter:
@@ -81,7 +80,7 @@ class ClusterStore:
         self.cipher = cipher
         self.stats = Counter()
         self._cache: OrderedDict = OrderedDict()
-        self._seal_buf = None       # encrypt_run's output buffer, reused (write_run)
+        self._seal_slots = None     # encrypt_run's output buffers, reused (write_run)
         self.scan_limit = _SCAN_BLOCKS    # None: scan every block before growing (compaction)
         self.reset(slot)
 
@@ -203,17 +202,16 @@ class ClusterStore:
             chunks = [c if len(c) == cs else bytes(c).ljust(cs, b"\0") for c in chunks]
             payload = None
         if self.cipher is not None and kind != 0:
-            # Sealed a group at a time into one buffer (each ciphertext followed
-            # by its tag), checksummed while it is still in the CPU cache, and
-            # written with the tags left out by a gathered write.
+            # Sealed a group at a time into reused buffers (each ciphertext
+            # followed by its tag), checksummed while they are still in the CPU
+            # cache, and written with the tags left out by a gathered write.
             group = max(1, _JOIN_GROUP_BYTES >> bits)
-            if self._seal_buf is None or len(self._seal_buf) < group * (cs + _TAG_SIZE):
-                # One for the store's life: a fresh one per group cost its page faults.
-                self._seal_buf = bytearray(group * (cs + _TAG_SIZE))
+            if self._seal_slots is None:
+                self._seal_slots = self.cipher.seal_slots(cs, group)    # one for the store's life
             ptrs = []
             for a in range(0, n, group):
                 start = (first + a) << bits
-                sealed, nonces, tags = self.cipher.encrypt_run(start, cs, kind, chunks[a:a + group], self._seal_buf)
+                sealed, nonces, tags = self.cipher.encrypt_run(start, cs, kind, chunks[a:a + group], self._seal_slots)
                 ends = start + len(sealed) * cs
                 ptrs += map(fmt.new_pointer, zip(range(start, ends, cs), map(fmt.crc32c, sealed), nonces, tags))
                 self.dev.writev(start, sealed)

@@ -455,20 +455,27 @@ def test_nonces_never_repeat_in_100000_cluster_writes(nonce_log):
 
 @pytest.mark.parametrize("encrypt_into", [True, False])
 def test_encrypt_run_seals_each_cluster_as_encrypt_does(monkeypatch, encrypt_into):
-    # encrypt_run seals every cluster into one buffer, each ciphertext followed by
-    # its tag, and hands out views of the ciphertexts: every byte must be encrypt's.
+    # encrypt_run seals into reused per-cluster buffers and hands out views of
+    # the ciphertexts: every byte must be encrypt's, run after run in the same slots.
     monkeypatch.setattr(crypto, "_HAVE_ENCRYPT_INTO", encrypt_into and crypto._HAVE_ENCRYPT_INTO)
     c = Cipher(os.urandom(32), os.urandom(16))
-    drawn = os.urandom(12 * 5)
-    monkeypatch.setattr(c, "_fresh_nonces", lambda n: drawn[:12 * n])
-    clusters = [os.urandom(1024) for _ in range(5)]
-    sealed, nonces, tags = c.encrypt_run(8192, 1024, fmt.KIND_DATA, [memoryview(x) for x in clusters])
-    assert [len(x) for x in sealed] == [1024] * 5 and nonces == [drawn[i * 12:(i + 1) * 12] for i in range(5)]
-    for i, plain in enumerate(clusters):
-        ct = bytes(sealed[i])
-        assert c.decrypt(8192 + i * 1024, fmt.KIND_DATA, ct, nonces[i], tags[i]) == plain
-        monkeypatch.setattr(c, "_fresh_nonces", lambda n, i=i: nonces[i])
-        assert c.encrypt(8192 + i * 1024, fmt.KIND_DATA, plain) == (ct, nonces[i], tags[i])
+    slots = c.seal_slots(1024, 5)
+    for n, offset in ((5, 8192), (3, 65536), (5, 4096)):
+        drawn = os.urandom(12 * n)
+        monkeypatch.setattr(c, "_fresh_nonces", lambda k, drawn=drawn: drawn[:12 * k])
+        clusters = [os.urandom(1024) for _ in range(n)]
+        sealed, nonces, tags = c.encrypt_run(offset, 1024, fmt.KIND_DATA, [memoryview(x) for x in clusters], slots)
+        assert [len(x) for x in sealed] == [1024] * n and nonces == [drawn[i * 12:(i + 1) * 12] for i in range(n)]
+        assert all(type(t) is bytes and len(t) == 16 for t in tags)
+        for i, plain in enumerate(clusters):
+            ct = bytes(sealed[i])
+            assert c.decrypt(offset + i * 1024, fmt.KIND_DATA, ct, nonces[i], tags[i]) == plain
+            monkeypatch.setattr(c, "_fresh_nonces", lambda k, i=i: nonces[i])
+            assert c.encrypt(offset + i * 1024, fmt.KIND_DATA, plain) == (ct, nonces[i], tags[i])
+    # Slots too few or of another cluster size: a fresh set, same answer.
+    monkeypatch.setattr(c, "_fresh_nonces", lambda k: os.urandom(12 * k))
+    sealed, nonces, tags = c.encrypt_run(0, 512, fmt.KIND_MAP, [bytes(512)] * 7, slots)
+    assert len(sealed) == 7 and c.decrypt(3 * 512, fmt.KIND_MAP, bytes(sealed[3]), nonces[3], tags[3]) == bytes(512)
     with pytest.raises(ValueError):
         c.encrypt_run(0, 1024, fmt.KIND_DATA, [bytes(1024), b"short"])
     with pytest.raises(ValueError):
