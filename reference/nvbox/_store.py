@@ -206,8 +206,9 @@ class ClusterStore:
             # followed by its tag), checksummed while they are still in the CPU
             # cache, and written with the tags left out by a gathered write.
             group = max(1, _JOIN_GROUP_BYTES >> bits)
-            if self._seal_slots is None:
-                self._seal_slots = self.cipher.seal_slots(cs, group)    # one for the store's life
+            if self._seal_slots is None or len(self._seal_slots.buffers) < min(n, group):
+                # Kept for the store's life, grown to the largest run seen (up to a group).
+                self._seal_slots = self.cipher.seal_slots(cs, min(n, group))
             ptrs = []
             for a in range(0, n, group):
                 start = (first + a) << bits
