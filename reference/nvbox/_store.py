@@ -258,6 +258,18 @@ class ClusterStore:
         block = self._durable_block(index // self.geo.counts_per_block)
         return 0 if block is None else block[index % self.geo.counts_per_block]
 
+    def durable_used(self) -> int:
+        """How many clusters have a non-zero durable count: a refcount block at a
+        time, the zeros counted in C (one Python step per 2,048 clusters at 4 KiB)."""
+        per, total = self.geo.counts_per_block, self.durable.image_clusters
+        used = 0
+        for k in range(-(-total // per)):
+            block = self._durable_block(k)
+            if block is not None:
+                counts = block[:min(per, total - k * per)]
+                used += len(counts) - counts.count(0)
+        return used
+
     def _durable_block(self, k: int):
         """Counts of durable refcount block ``k`` (None if it is a hole)."""
         ptr = self._durable_ref_pointer(k)

@@ -745,7 +745,7 @@ class Image:
         self.counting.stats.reset()
 
     def info(self) -> dict:
-        used = self._reading(lambda: sum(1 for c in range(self.slot.image_clusters) if self.store.durable_count(c)))
+        used = self._reading(lambda: self.store.durable_used())
         slot, header = self.slot, self.header
         return {
             "format": "nvbox",
