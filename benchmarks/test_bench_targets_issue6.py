@@ -85,18 +85,17 @@ def test_encrypted_sequential_64m_vs_plain(benchmark):
 
 
 def _median_opens(plain_path, enc_path, key, rounds):
-    """Median open time of each image, the two opens interleaved one by one so
-    that a change in the machine's load falls on both sides alike."""
-    plain, enc = [], []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        nvbox.open(plain_path, "r").close()
-        t1 = time.perf_counter()
-        nvbox.open(enc_path, "r", key=key).close()
-        t2 = time.perf_counter()
-        plain.append(t1 - t)
-        enc.append(t2 - t1)
-    return statistics.median(plain), statistics.median(enc)
+    """Median open time of each image, the two opens interleaved one by one (the
+    order swapped each time) so that a change in the machine's load falls on both
+    sides alike."""
+    times = {plain_path: [], enc_path: []}
+    keys = {plain_path: None, enc_path: key}
+    for i in range(rounds):
+        for path in ((plain_path, enc_path) if i % 2 == 0 else (enc_path, plain_path)):
+            t = time.perf_counter()
+            nvbox.open(path, "r", key=keys[path]).close()
+            times[path].append(time.perf_counter() - t)
+    return statistics.median(times[plain_path]), statistics.median(times[enc_path])
 
 
 def test_encrypted_open_vs_plain(benchmark, monkeypatch):
