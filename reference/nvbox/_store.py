@@ -43,8 +43,8 @@ _SCAN_BLOCKS = 4
 _TAIL_BLOCKS = 2
 # write_run issues one device write per this many bytes of contiguous clusters.
 _RUN_BYTES = 4 << 20
-# Clusters not in one caller's buffer (padded, or sealed) are joined and written
-# this many bytes at a time.
+# Clusters not in one caller's buffer are written this many bytes at a time: plain
+# ones (padded) joined, sealed ones gathered from the seal slots by one writev.
 _JOIN_GROUP_BYTES = 1 << 20
 
 
@@ -194,7 +194,8 @@ class ClusterStore:
         a cluster or less each (a short one is zero padded).  ``payload``, if
         given, is the same bytes as one buffer (whole clusters): a plain image
         writes it as it is, uncopied, one device write per ``_RUN_BYTES``;
-        otherwise one device write per ``_JOIN_GROUP_BYTES``."""
+        otherwise (and always when encrypted) one device write per
+        ``_JOIN_GROUP_BYTES``."""
         n = len(chunks)
         assert self.fresh.issuperset(range(first, first + n)), "writing a cluster this transaction does not own"
         cs, bits = self.geo.cluster_size, self.geo.cluster_bits
