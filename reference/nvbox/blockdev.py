@@ -42,7 +42,17 @@ def _find_sync_file_range():
 
 _sync_file_range = _find_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2      # start writeback of the range's dirty pages; do not wait
-_IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
+
+
+def _iov_max() -> int:
+    """How many buffers one pwritev may take (POSIX guarantees 16)."""
+    try:
+        return max(16, min(1024, os.sysconf("SC_IOV_MAX")))
+    except (AttributeError, ValueError, OSError):
+        return 16
+
+
+_IOV_MAX = _iov_max()
 
 
 class BlockDevice:
@@ -205,7 +215,10 @@ class FileDevice(BlockDevice):
         self._note_dirty(start, offset)
 
     def writev(self, offset: int, buffers) -> None:
-        """``pwritev``: the kernel gathers the buffers, no join in between."""
+        """``pwritev``: the kernel gathers the buffers, no join in between (a
+        platform without it writes their join)."""
+        if not hasattr(os, "pwritev"):
+            return self.write(offset, b"".join(buffers))
         buffers = list(buffers)
         total = sum(map(len, buffers))
         if not self.growable and offset + total > self._fixed_size:

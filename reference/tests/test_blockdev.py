@@ -116,3 +116,19 @@ def test_writev_past_a_fixed_capacity_is_space_exhausted(tmp_path):
         assert path.read_bytes() == bytes(8192)
     finally:
         dev.close()
+
+
+def test_writev_without_pwritev_writes_the_join(tmp_path, monkeypatch, kicks):
+    monkeypatch.delattr(os, "pwritev")
+    dev = FileDevice(str(tmp_path / "j"), writable=True, create=True)
+    try:
+        dev.writev(10, [b"ab", memoryview(b"cd"), bytearray(b"ef")])
+        assert dev.read(0, 16) == bytes(10) + b"abcdef"
+    finally:
+        dev.close()
+
+
+def test_iov_max_is_at_least_posix_minimum(monkeypatch):
+    assert 16 <= blockdev._IOV_MAX <= 1024
+    monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert blockdev._iov_max() == 16
