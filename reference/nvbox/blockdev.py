@@ -1,8 +1,8 @@
 """The block-device interface, and the back ends that implement it.
 
 Everything above this module (allocator, trees, commits) talks to storage only
-through ``BlockDevice``: positioned reads and writes, a flush barrier, the
-current size and a truncate.  That narrow waist is where the tests count
+through ``BlockDevice``: positioned reads and writes (``writev`` writes several
+buffers end to end), a flush barrier, the current size and a truncate.  That narrow waist is where the tests count
 writes, inject faults and record workloads for the crash simulator.
 
 Back ends:
