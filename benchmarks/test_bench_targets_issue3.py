@@ -58,7 +58,10 @@ def test_nvbox_snapshot_create(benchmark, size):
             h["img"] = nvbox.open(p, "rw")
             h["img"].reset_stats()
             return (), {}
-        benchmark.pedantic(lambda: h["img"].snapshots.create(f"s{next(k)}"), setup=setup, rounds=5,
+        # 9 rounds: the first two creates after the fill grow the file (by 8 and 4 KiB,
+        # and the flush then commits the new size: 1.5 to 6.5 ms against about 1.1 ms
+        # once freed clusters are reused), which moved the median of 5 now and then.
+        benchmark.pedantic(lambda: h["img"].snapshots.create(f"s{next(k)}"), setup=setup, rounds=9,
                            iterations=1)
         per.append(dict(h["img"].stats))
         h["img"].close()
