@@ -2,8 +2,9 @@
 
 Everything above this module (allocator, trees, commits) talks to storage only
 through ``BlockDevice``: positioned reads and writes (``writev`` writes several
-buffers end to end), a flush barrier, the current size and a truncate.  That narrow waist is where the tests count
-writes, inject faults and record workloads for the crash simulator.
+buffers end to end), a flush barrier, the current size and a truncate.  That
+narrow waist is where the tests count writes, inject faults and record workloads
+for the crash simulator.
 
 Back ends:
 
@@ -229,7 +230,7 @@ class FileDevice(BlockDevice):
                 group = buffers[a:a + _IOV_MAX]
                 want = sum(map(len, group))
                 done = os.pwritev(self.fd, group, offset)
-                if done < want:     # a short write: the rest one buffer at a time
+                if done < want:     # a short write: write() loops over the rest
                     self.write(offset + done, b"".join(group)[done:])
                 offset += want
         except OSError as exc:
