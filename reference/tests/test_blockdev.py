@@ -132,3 +132,17 @@ def test_iov_max_is_at_least_posix_minimum(monkeypatch):
     assert 16 <= blockdev._IOV_MAX <= 1024
     monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
     assert blockdev._iov_max() == 16
+
+
+def test_writev_finishes_a_short_write(tmp_path, monkeypatch):
+    real = os.pwritev
+    # A kernel may write less than asked (a signal, a full disk on the way): here
+    # only the first buffer and 3 bytes of the second of every call.
+    monkeypatch.setattr(os, "pwritev", lambda fd, bufs, off: real(fd, [bufs[0], bytes(bufs[1])[:3]], off))
+    bufs = [os.urandom(100), os.urandom(50), os.urandom(70)]
+    dev = FileDevice(str(tmp_path / "s"), writable=True, create=True)
+    try:
+        dev.writev(4096, bufs)
+        assert dev.read(4096, 220) == b"".join(bufs)
+    finally:
+        dev.close()
