@@ -50,8 +50,8 @@ import hmac
 import os
 import struct
 from collections import deque
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
