@@ -200,44 +200,35 @@ class FileDevice(BlockDevice):
             raise_code("io.error", f"read failed at {offset}: {exc.strerror}")
 
     def write(self, offset: int, data: bytes) -> None:
-        if not self.growable and offset + len(data) > self._fixed_size:
-            raise_code("space.exhausted", "write past the end of a fixed-size device")
-        start = offset
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                view = view[n:]
-                offset += n
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise_code("space.exhausted", f"the file system is full: {exc.strerror}")
-            raise_code("io.error", f"write failed at {offset}: {exc.strerror}")
-        self._note_dirty(start, offset)
+        self.writev(offset, (data,))
 
     def writev(self, offset: int, buffers) -> None:
-        """``pwritev``: the kernel gathers the buffers, no join in between (a
-        platform without it writes their join)."""
-        if not hasattr(os, "pwritev"):
-            return self.write(offset, b"".join(buffers))
+        """Write ``buffers`` (bytes-like) end to end from ``offset``: ``pwritev``,
+        the kernel gathering them, or one ``pwrite`` where there is one buffer or
+        the platform lacks ``pwritev`` (of their join)."""
         buffers = list(buffers)
-        total = sum(map(len, buffers))
-        if not self.growable and offset + total > self._fixed_size:
+        if len(buffers) > 1 and not hasattr(os, "pwritev"):
+            buffers = [b"".join(buffers)]
+        end = offset + sum(map(len, buffers))
+        if not self.growable and end > self._fixed_size:
             raise_code("space.exhausted", "write past the end of a fixed-size device")
-        start = offset
+        pos = offset
         try:
             for a in range(0, len(buffers), _IOV_MAX):
                 group = buffers[a:a + _IOV_MAX]
                 want = sum(map(len, group))
-                done = os.pwritev(self.fd, group, offset)
-                if done < want:     # a short write: write() loops over the rest
-                    self.write(offset + done, b"".join(group)[done:])
-                offset += want
+                done = os.pwrite(self.fd, group[0], pos) if len(group) == 1 else os.pwritev(self.fd, group, pos)
+                if done < want:     # a short write (a signal, a nearly full disk): the rest
+                    rest = memoryview(group[0] if len(group) == 1 else b"".join(group))[done:]
+                    while rest:
+                        n = os.pwrite(self.fd, rest, pos + done)
+                        rest, done = rest[n:], done + n
+                pos += want
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise_code("space.exhausted", f"the file system is full: {exc.strerror}")
-            raise_code("io.error", f"write failed at {offset}: {exc.strerror}")
-        self._note_dirty(start, offset)
+            raise_code("io.error", f"write failed at {pos}: {exc.strerror}")
+        self._note_dirty(offset, end)
 
     def _note_dirty(self, start: int, end: int) -> None:
         if self._unkicked:

@@ -146,3 +146,31 @@ def test_writev_finishes_a_short_write(tmp_path, monkeypatch):
         assert dev.read(4096, 220) == b"".join(bufs)
     finally:
         dev.close()
+
+
+def test_write_loops_over_short_pwrites(tmp_path, monkeypatch):
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, off: real(fd, bytes(data)[:7], off))
+    data = os.urandom(100)
+    dev = FileDevice(str(tmp_path / "p"), writable=True, create=True)
+    try:
+        dev.write(512, data)
+        dev.writev(1024, [data])
+        assert dev.read(512, 100) == data and dev.read(1024, 100) == data
+    finally:
+        dev.close()
+
+
+def test_a_failing_writeback_hint_changes_nothing(tmp_path, monkeypatch):
+    # sync_file_range's result is ignored on purpose: the flush writes everything
+    # and reports real errors.  A hint that fails (-1) must not fail the write.
+    calls = []
+    monkeypatch.setattr(blockdev, "_sync_file_range", lambda *a: calls.append(a) or -1)
+    monkeypatch.setattr(FileDevice, "WRITEBACK_AFTER", 4096)
+    dev = FileDevice(str(tmp_path / "f"), writable=True, create=True)
+    try:
+        dev.write(0, b"x" * 8192)
+        dev.flush()
+        assert calls and dev.read(0, 8192) == b"x" * 8192
+    finally:
+        dev.close()
