@@ -168,6 +168,19 @@ def target(benchmark, name: str, value, limit, op: str = "<=", unit: str = "", n
 _TARGETS: list = []
 
 
+def paired_rounds(benchmark, first, second, rounds: int) -> None:
+    """Time two writers side by side: both run in every round, one right after
+    the other, and the order swaps each round (which one goes first moved a
+    ratio by up to 0.1 on this machine).  Each callable records its own time;
+    compare them round by round (the median of per-round ratios)."""
+    turn = iter(range(rounds))
+
+    def one_round():
+        for run in ((first, second) if next(turn) % 2 == 0 else (second, first)):
+            run()
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+
+
 def timed(fn, *a, **kw):
     t = time.perf_counter()
     r = fn(*a, **kw)

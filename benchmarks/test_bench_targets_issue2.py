@@ -186,13 +186,7 @@ def test_sequential_64m_vs_plain_file(benchmark, chunk, cluster):
                     off += len(c)
             nvbox_times.append(time.perf_counter() - t)
 
-        def one_round():
-            # Which writer comes first in a pair moves the ratio by up to 0.1 (measured
-            # both ways), so the order swaps every round and each order has half the rounds.
-            pair = (write_plain, write_nvbox) if len(plain_times) % 2 == 0 else (write_nvbox, write_plain)
-            for write in pair:
-                write()
-        benchmark.pedantic(one_round, rounds=B.pick(6, 8), iterations=1)
+        B.paired_rounds(benchmark, write_plain, write_nvbox, B.pick(6, 8))
         st = state["img"].stats
         state["img"].close()
     nv = statistics.median(nvbox_times)

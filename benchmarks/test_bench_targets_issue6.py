@@ -66,13 +66,7 @@ def test_encrypted_sequential_64m_vs_plain(benchmark):
         def write_encrypted():
             encrypted.append(_write_64m(os.path.join(d, f"e{next(k)}"), chunks, encrypt=True, key=key))
 
-        def one_round():
-            # Which write comes first in a pair moves the ratio by up to 0.08 (measured
-            # both ways), so the order swaps every round and each order has half the rounds.
-            pair = (write_plain, write_encrypted) if len(plain) % 2 == 0 else (write_encrypted, write_plain)
-            for write in pair:
-                write()
-        benchmark.pedantic(one_round, rounds=B.pick(6, 8), iterations=1)
+        B.paired_rounds(benchmark, write_plain, write_encrypted, B.pick(6, 8))
     pl, en = statistics.median(plain), statistics.median(encrypted)
     # encrypted throughput / plain throughput: the median of each round's ratio (the two
     # writes of a round run one right after the other)

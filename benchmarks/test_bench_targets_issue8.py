@@ -30,24 +30,18 @@ SIZES = B.pick([16 * MiB], [16 * MiB, 64 * MiB])
 def test_large_put_vs_plain_files(benchmark, size):
     benchmark.group = f"issue 8: large put {B.size_id(size)}, nvbox vs plain files"
     data = B.payload(size)
-    rounds = B.pick(5, 9)
+    rounds = B.pick(6, 10)      # even: each order has half the rounds
     times = {"nvbox": [], "files": []}
     with B.workdir() as d:
         stores = {name: B.create(name, d) for name in times}
         names = iter(range(10 ** 6))
-        order = iter(range(10 ** 6))
 
         def put(system):
             t = time.perf_counter()
             stores[system].put(f"blob/{next(names)}", data)
             times[system].append(time.perf_counter() - t)
-
-        def one_round():
-            first, second = ("nvbox", "files") if next(order) % 2 == 0 else ("files", "nvbox")
-            put(first)
-            put(second)
         try:
-            benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+            B.paired_rounds(benchmark, lambda: put("nvbox"), lambda: put("files"), rounds)
             sizes = {name: s.file_size() for name, s in stores.items()}
         finally:
             for s in stores.values():
