@@ -12,19 +12,33 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,fuse,map,conformance]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # Debian tools the tests use for real (never mocked): qemu-img/qemu-io,
-# dumpasn1, openssl.  Installed only when missing.
+# dumpasn1, openssl, strace; for the live image: fuse3 (libfuse3, which the
+# mfusepy binding loads through ctypes), swtpm and tpm2-tools, nbdkit with its Python plugin and
+# libnbd's nbdinfo, qemu-system-x86 with OVMF, and qemu-storage-daemon (the
+# FUSE peer).  Installed only when missing.
 tools:
 	@missing=""; \
 	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
 	command -v dumpasn1 >/dev/null || missing="$$missing dumpasn1"; \
 	command -v openssl  >/dev/null || missing="$$missing openssl"; \
 	command -v strace   >/dev/null || missing="$$missing strace"; \
+	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
+	command -v swtpm    >/dev/null || missing="$$missing swtpm"; \
+	command -v swtpm_setup >/dev/null || missing="$$missing swtpm-tools"; \
+	command -v tpm2_nvwrite >/dev/null || missing="$$missing tpm2-tools"; \
+	command -v nbdkit   >/dev/null || missing="$$missing nbdkit"; \
+	[ -e /usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-python-plugin.so ] || \
+	  ls /usr/lib/*/nbdkit/plugins/nbdkit-python-plugin.so >/dev/null 2>&1 || missing="$$missing nbdkit-plugin-python"; \
+	command -v nbdinfo  >/dev/null || missing="$$missing libnbd-bin"; \
+	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
+	command -v qemu-storage-daemon >/dev/null || missing="$$missing qemu-system-common"; \
+	[ -e /usr/share/OVMF/OVMF_VARS_4M.fd ] || missing="$$missing ovmf"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
