@@ -50,8 +50,9 @@ def _classify(kind: int, what: str) -> tuple[str, str | None]:
     return "blob", name
 
 
-def cluster_map(image) -> dict:
-    """Classify every cluster of ``image``; return a JSON-ready description."""
+def cluster_map(image, progress=None) -> dict:
+    """Classify every cluster of ``image``; return a JSON-ready description.
+    ``progress(done, total)`` is check's, called as the walk goes."""
     n = image.slot.image_clusters
     cats: list = [("free", None)] * n
     for c in range(min(image.geo.header_clusters, n)):
@@ -60,7 +61,7 @@ def cluster_map(image) -> dict:
     def visit(idx, kind, what):
         cats[idx] = _classify(kind, what)
 
-    result = check_image(image, on_visit=visit)
+    result = check_image(image, progress, on_visit=visit)
     # Shared: reachable from the active state and from a snapshot.  Lazy counts
     # mark only the top of a shared subtree (R-ref-6), so reachability is walked.
     slot = image.slot
