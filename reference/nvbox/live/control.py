@@ -227,3 +227,20 @@ class ControlServer:
 def _reply(conn: socket.socket, result=None, error=None) -> None:
     msg = {"ok": False, "error": error} if error is not None else {"ok": True, "result": result}
     conn.sendall(json.dumps(msg).encode() + b"\n")
+
+
+def snapshot_op(open_writer, image_path, op: str, **args):
+    """A snapshot operation (create, delete, rename, revert) from a command:
+    on the image itself, opened by ``open_writer()``; or, when a live session
+    holds the image's lock, by that session over its control socket (which
+    commits what is pending first and makes the operation its next commit)."""
+    try:
+        img = open_writer()
+    except NvboxError as exc:
+        if exc.code != "image.locked":
+            raise
+        if isinstance(args.get("metadata"), (bytes, bytearray)):
+            args["metadata"] = bytes(args["metadata"]).hex()
+        return request(image_path, "snapshot." + op, **args)
+    with img:
+        return getattr(img.snapshots, op)(**args)

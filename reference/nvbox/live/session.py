@@ -114,24 +114,20 @@ class _Change:
 
 
 class SnapshotReader:
-    """Read-only access to one snapshot's blobs, under the session's lock."""
+    """Read-only access to one snapshot's blobs (``LiveSession.view``)."""
 
     def __init__(self, session: "LiveSession", snapshot: str):
-        self._session, self.snapshot = session, snapshot
-        with session._lock:
-            self._view = session._image.snapshots.view(snapshot)
+        self.session, self.snapshot = session, snapshot
+        session.names(snapshot)         # snapshot.not_found now, not at the first read
 
     def names(self) -> list[str]:
-        with self._session._lock:
-            return self._view.names()
+        return self.session.names(self.snapshot)
 
     def stat(self, name) -> BlobStat:
-        with self._session._lock:
-            return self._view.stat(name)
+        return self.session.stat(name, self.snapshot)
 
     def read(self, name, offset: int = 0, length: int | None = None) -> bytes:
-        with self._session._lock:
-            return self._view.read(name, offset, length)
+        return self.session.read(name, offset, length, self.snapshot)
 
 
 class LiveSession:
@@ -173,7 +169,7 @@ class LiveSession:
         self.journal_limit = journal_limit
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self._txn = None                # the open library transaction (a context manager)
+        self._txn = False               # whether this session's library transaction is open
         self._journal: list[_Change] = []
         self._journal_bytes = 0
         self._first_pending = None      # monotonic time of the first uncommitted change
@@ -206,7 +202,7 @@ class LiveSession:
     def pending(self) -> bool:
         """Whether changes wait for a commit."""
         with self._lock:
-            return self._txn is not None
+            return self._txn
 
     @property
     def cluster_size(self) -> int:
@@ -216,7 +212,7 @@ class LiveSession:
         """``Image.info()`` of the last commit, plus the session's own counts."""
         with self._lock:
             d = self._image.info()
-            d.update(pending=self._txn is not None, open_files=sum(self._open.values()),
+            d.update(pending=self._txn, open_files=sum(self._open.values()),
                      read_only=self.read_only, commits=self.commits)
             return d
 
@@ -229,20 +225,28 @@ class LiveSession:
 
     # -- reading -----------------------------------------------------------------------
 
-    def stat(self, name) -> BlobStat:
+    def stat(self, name, snapshot: str | None = None) -> BlobStat:
+        """Blob ``name`` of the active state (pending changes included), or of
+        snapshot ``snapshot``."""
         with self._lock:
-            return self._image.stat(check_blob_name(name))
+            return self._reader(snapshot).stat(check_blob_name(name))
 
-    def read(self, name, offset: int = 0, length: int | None = None) -> bytes:
+    def read(self, name, offset: int = 0, length: int | None = None, snapshot: str | None = None) -> bytes:
         with self._lock:
-            return self._image.read(check_blob_name(name), offset, length)
+            return self._reader(snapshot).read(check_blob_name(name), offset, length)
 
-    def names(self) -> list[str]:
-        """Every blob name, sorted (cached until a name is added or removed)."""
+    def names(self, snapshot: str | None = None) -> list[str]:
+        """Every blob name, sorted (of the active state: cached until a name is
+        added or removed)."""
         with self._lock:
+            if snapshot is not None:
+                return self._reader(snapshot).names()
             if self._names is None:
                 self._names = self._image.names()
             return self._names
+
+    def _reader(self, snapshot):
+        return self._image if snapshot is None else self._image.snapshots.view(snapshot)
 
     def exists(self, name) -> bool:
         with self._lock:
@@ -292,6 +296,7 @@ class LiveSession:
 
     def truncate(self, name, size: int) -> None:
         with self._lock:
+            self.stat(name)         # blob.not_found here: inside, it would abandon the transaction
             self._change(_Change("truncate", check_blob_name(name), (size,)))
 
     def zero(self, name, offset: int, length: int) -> None:
@@ -304,6 +309,7 @@ class LiveSession:
 
     def delete(self, name) -> None:
         with self._lock:
+            self.stat(name)
             self._change(_Change("delete", check_blob_name(name)))
             self._lost.pop(name, None)
 
@@ -313,12 +319,14 @@ class LiveSession:
         directory) and then commits makes them all one commit."""
         with self._lock:
             old, new = check_blob_name(old), check_blob_name(new)
+            self.stat(old)
             if old == new:
-                self.stat(old)
                 return
             self._change(_Change("rename", old, (new,)))
             if old in self._lost:
                 self._lost[new] = self._lost.pop(old)
+            if old in self._open:       # an open file keeps its handles under its new name
+                self._open[new] = self._open.get(new, 0) + self._open.pop(old)
 
     # -- open handles, durability ---------------------------------------------------
 
@@ -327,14 +335,20 @@ class LiveSession:
             self._open[name] = self._open.get(name, 0) + 1
 
     def released(self, name) -> None:
-        """The last close of a handle on ``name``: commits if ``name`` changed
-        since the last commit; raises a dropped change's error (see module doc)."""
+        """The last close of a handle on ``name`` (a FUSE release, the end of an
+        NBD export's connection): ``flush(name)``, and one handle less."""
         with self._lock:
             n = self._open.get(name, 0) - 1
             if n > 0:
                 self._open[name] = n
             else:
                 self._open.pop(name, None)
+            self.flush(name)
+
+    def flush(self, name) -> None:
+        """A close of a handle on ``name``: commits if ``name`` changed since the
+        last commit, and raises the error of a dropped change to it (module doc)."""
+        with self._lock:
             if name in self._dirty:
                 self._commit_pending()
             self._report_lost(name)
@@ -360,12 +374,12 @@ class LiveSession:
 
     def _commit_pending(self) -> list[str]:
         """commit() without raising: the names whose changes were dropped."""
-        if self._txn is None:
+        if not self._txn:
             return []
         try:
             self._end_txn()
         except NvboxError as exc:
-            self._abort(exc)
+            self._abort()
             return self._salvage()
         self._committed()
         return []
@@ -453,23 +467,23 @@ class LiveSession:
 
     def _apply(self, change: _Change) -> None:
         """Run one change in the pending transaction (opened if needed).  A
-        failure abandons the transaction: the journal is salvaged, and the
-        change is tried once more on its own before its error is raised."""
-        if self._txn is None:
+        failure that abandoned the transaction (any failure inside a change,
+        R-commit-4) salvages the journal, and the change is tried once more on
+        its own before its error is raised."""
+        if not self._txn:
             self._begin_txn()
         try:
             self._run(change)
         except NvboxError as exc:
-            if exc.code in ("blob.not_found", "blob.name", "usage.argument", "blob.too_large"):
-                # Refused before it changed anything: the transaction is intact.
-                raise
-            self._abort(exc)
+            if self._image.in_transaction:
+                raise       # refused before it changed anything: the transaction is intact
+            self._abort()
             self._salvage()
             self._begin_txn()
             try:
                 self._run(change)
             except NvboxError as again:
-                self._abort(again)
+                self._abort()
                 raise again from exc
 
     def _run(self, change: _Change, whole: bool = False) -> None:
@@ -489,33 +503,27 @@ class LiveSession:
         elif op == "delete":
             img.delete(name)
         elif op == "rename":
-            img.rename(name, args[0], replace=True) if hasattr(img, "rename") else _rename_by_copy(img, name, args[0])
+            img.rename(name, args[0], replace=True)
         elif op == "zero":
-            offset, length = args
-            if hasattr(img, "zero"):
-                img.zero(name, offset, length)
-            else:
-                for pos in range(offset, offset + length, 1 << 20):
-                    img.write(name, pos, bytes(min(1 << 20, offset + length - pos)))
+            img.zero(name, *args)
         else:
             raise AssertionError(op)
 
     def _begin_txn(self) -> None:
-        self._txn = self._image.transaction()
-        self._txn.__enter__()
+        self._image.begin()
+        self._txn = True
 
     def _end_txn(self) -> None:
-        txn, self._txn = self._txn, None
-        txn.__exit__(None, None, None)
+        self._txn = False
+        self._image.commit()
 
-    def _abort(self, exc: BaseException) -> None:
-        """Leave the failed transaction: the library goes back to the last commit
-        (a transaction entered by hand is left by passing the error to it).  A
-        handle that could not re-read that commit is reopened."""
-        txn, self._txn = self._txn, None
-        if txn is not None:
-            with contextlib.suppress(BaseException):
-                txn.__exit__(type(exc), exc, exc.__traceback__)
+    def _abort(self) -> None:
+        """After a failure: the library is back at the last commit (a failed
+        change or commit abandons the transaction); make sure none stays open,
+        and reopen a handle that could not re-read that commit."""
+        self._txn = False
+        with contextlib.suppress(NvboxError):
+            self._image.abort()
         self._names = None
         self._reopen_if_poisoned()
 
@@ -598,10 +606,3 @@ def _sorted_has(names: list[str], name: str) -> bool:
 def _snapshot_dict(info) -> dict:
     return {"id": info.id, "name": info.name, "create_time": info.create_time, "blob_count": info.blob_count,
             "metadata": info.metadata.hex() if info.metadata is not None else None}
-
-
-def _rename_by_copy(img: Image, old: str, new: str) -> None:
-    """Rename inside a transaction with the calls every library version has
-    (until ``Image.rename`` exists): copy, then delete."""
-    img.put(new, img.read(old))
-    img.delete(old)
