@@ -33,7 +33,6 @@ function opt(name, dflt) {
 const target = opt('--target', 'python');
 const outDir = path.resolve(opt('--out', path.join(HERE, 'build', target)));
 const debug = args.includes('--debug');
-const EXT = { python: '.py', javascript: '.js', ruby: '.rb', lua: '.lua', perl: '.pm', php: '.php' };
 
 if (ksc.version !== '0.11.0') die(`expected kaitai-struct-compiler 0.11.0, found ${ksc.version}`);
 if (!ksc.languages.includes(target)) die(`unknown target ${target}; one of ${ksc.languages.join(', ')}`);
@@ -59,6 +58,11 @@ const importer = {
   },
 };
 
+// nvbox_der, NvboxDer and nvboxder name the same descriptor.
+function sameName(a, b) {
+  return a.replace(/_/g, '').toLowerCase() === b.replace(/_/g, '').toLowerCase();
+}
+
 function withTimeout(promise, ms, what) {
   let t;
   const timer = new Promise((_, reject) => {
@@ -83,9 +87,14 @@ async function main() {
     if (!files || Object.keys(files).length === 0) die(`${spec}: the compiler produced no files`);
     for (const [fn, src] of Object.entries(files)) {
       if (!src) die(`${spec}: the compiler produced an empty ${fn}`);
+      fs.mkdirSync(path.dirname(path.join(outDir, fn)), { recursive: true });
       fs.writeFileSync(path.join(outDir, fn), src);
     }
-    if (EXT[target]) expected.push(path.join(outDir, id + EXT[target]));
+    // Each target names its files its own way (nvbox.py, Nvbox.js, Nvbox.java, nvbox.h and
+    // nvbox.cpp, src/nvbox.rs...): one of them must be named after the descriptor's id.
+    const main = Object.keys(files).find((fn) => sameName(path.basename(fn).replace(/\.[^.]*$/, ''), id));
+    if (!main) die(`${spec}: no output file named after ${id} among ${Object.keys(files).join(', ')}`);
+    expected.push(path.join(outDir, main));
     // The parsed descriptor as JSON, for tools without a YAML parser (ksy/tests).
     const jsonDir = path.join(HERE, 'build', 'json');
     fs.mkdirSync(jsonDir, { recursive: true });

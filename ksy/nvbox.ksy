@@ -41,7 +41,7 @@ doc-ref:
 seq:
   - id: header
     size: 512
-    type: header
+    type: image_header
     doc-ref: spec/nvbox.md#3-the-header
   - id: slot_a
     size: 512
@@ -73,12 +73,10 @@ instances:
     pos: 512 + 512 * active_slot_index
     size: 512
     type: commit_slot(active_slot_index, true)
-    valid:
-      expr: _.is_valid
     doc: |
       The chosen commit slot, re-read with every field check of R-slot-5
       enabled (ranges, "iff" rules, unknown incompatible features, pointers).
-      A ValidationExprError on this instance itself means no slot is valid
+      A ValidationExprError on its `generation` means no slot is valid
       (`slot.none_valid`).
     doc-ref: spec/nvbox.md#4-commit-slots [R-slot-2] [R-slot-3] [R-slot-5]
   is_encrypted:
@@ -116,7 +114,7 @@ instances:
       switch-on: active_slot.snaptable_depth
       cases:
         0: data_cluster
-        _: map_node(active_slot.snaptable_depth)
+        _: map_node(active_slot.snaptable_depth, active_slot.snaptable_root.offset, 0, active_slot.snaptable_root.offset)
     if: not is_encrypted and active_slot.snaptable_size != 0
     doc: Root of the snapshot table's cluster map.
     doc-ref: spec/nvbox.md#11-snapshots [R-snap-5]
@@ -124,24 +122,24 @@ instances:
     io: _root._io
     pos: active_slot.snaptable_root.offset
     size: active_slot.snaptable_size
-    type: snapshot_table
+    type: snapshot_table_der
     if: not is_encrypted and active_slot.snaptable_size != 0 and active_slot.snaptable_depth == 0
     doc: |
       The DER snapshot table, when it fits one cluster (depth 0). A deeper
       table spans several clusters, which Kaitai cannot concatenate: read
       the data clusters through `snaptable_root_node` and parse their
-      concatenation with the `snapshot_table` type.
+      concatenation with the `snapshot_table_der` type.
     doc-ref: spec/nvbox.md#11-snapshots [R-snap-5]
   keyslot_table:
     io: _root._io
     pos: active_slot.keyslots.offset
     size: cluster_size
-    type: keyslot_table
+    type: keyslot_cluster
     if: is_encrypted
     doc: The plaintext key slot table of an encrypted image.
     doc-ref: spec/nvbox.md#101-keys [R-enc-2]
 types:
-  header:
+  image_header:
     doc: |
       Written once by `create`. The magic is checked first, then the fields
       in order; the CRC (which a reader checks before `version`) is exposed,
@@ -184,8 +182,8 @@ types:
       - id: capacity_clusters
         type: u8
         valid:
-          expr: _ == 0 or _ >= header_clusters + 2
-        doc: 0 for a growable image, else the most clusters it may use.
+          expr: _ == 0 or (_ >= header_clusters + 2 and capacity_bytes.at_most_2_40)
+        doc: 0 for a growable image, else the most clusters it may use (at most 2^40).
         doc-ref: spec/nvbox.md#3-the-header [R-header-7]
       - id: create_time
         type: u8
@@ -199,7 +197,7 @@ types:
       - id: extensions
         type: header_extension
         repeat: until
-        repeat-until: _.ext_type == ext_type::end
+        repeat-until: _.ext_type == ext_type::end_of_extensions.to_i
         doc: Extension records up to and including the end record.
         doc-ref: spec/nvbox.md#31-header-extensions [R-header-10]
     instances:
@@ -209,6 +207,11 @@ types:
         value: (2048 + cluster_size - 1) / cluster_size
         doc: Clusters overlapping the 2048-byte header area.
         doc-ref: spec/nvbox.md#1-conventions [R-conv-3]
+      capacity_bytes:
+        pos: 40
+        size: 8
+        type: u8_bytes
+        doc: The bytes of `capacity_clusters`, for the 2^40 bound without 64-bit literals.
       header_crc:
         pos: 508
         type: u4
@@ -222,44 +225,48 @@ types:
     seq:
       - id: ext_type
         type: u2
-        enum: ext_type
+        doc: |
+          A value of enum `ext_type`, or one this version does not know. A
+          plain integer, since the set is open (an enum gives null in Java and
+          Lua for unknown values): compare with `ext_type::creator.to_i`.
       - id: ext_flags
         type: u2
         valid:
-          expr: (_ & 0xfffe) == 0 and (ext_type != ext_type::end or _ == 0)
+          expr: (_ & 0xfffe) == 0 and (ext_type != ext_type::end_of_extensions.to_i or _ == 0)
         doc: |
           Bit 0 `required`; bits 1-15 reserved. The end record is all zero.
       - id: ext_length
         type: u4
         valid:
           expr: |
-            _io.pos + _ + (-_ % 8) <= 508
-            and (ext_type != ext_type::end or _ == 0)
-            and (ext_type != ext_type::creator or _ <= 64)
+            _io.pos + _ + (8 - _ % 8) % 8 <= 508
+            and (ext_type != ext_type::end_of_extensions.to_i or _ == 0)
         doc: Length of `ext_data`; record and padding end before byte 508.
       - id: ext_data
         size: ext_length
-        type:
-          switch-on: ext_type
-          cases:
-            'ext_type::creator': str
-        doc: For `creator`, the UTF-8 name of the creating program.
+        valid:
+          expr: |
+            ext_type == ext_type::creator.to_i ? _.size <= 64 :
+            (ext_type == ext_type::end_of_extensions.to_i or (ext_flags & 1) == 0)
+        doc: |
+          For `creator`, the UTF-8 name of the creating program, at most 64
+          bytes (`creator_name`). An unknown extension with the `required`
+          flag makes the image unreadable (`header.extension_required`).
       - id: padding
         type: u1
         repeat: expr
-        repeat-expr: -ext_length % 8
+        repeat-expr: 'ext_type == ext_type::end_of_extensions.to_i ? 508 - _io.pos : (8 - ext_length % 8) % 8'
         valid: 0
-        doc: Zero padding of `ext_data` to a multiple of 8.
-      - id: check_known_or_optional
-        size: 0
-        valid:
-          expr: ext_type == ext_type::end or ext_type == ext_type::creator or (ext_flags & 1) == 0
         doc: |
-          An unknown extension with the `required` flag makes the image
-          unreadable (`header.extension_required`).
+          Zero padding of `ext_data` to a multiple of 8; after the end record,
+          every byte up to 508 (R-header-10).
     instances:
       is_required:
         value: (ext_flags & 1) != 0
+      creator_name:
+        value: ext_data.to_s("UTF-8")
+        if: ext_type == ext_type::creator.to_i
+        doc: The creator's name as text (decoded when read).
   commit_slot:
     doc: |
       A 512-byte commit slot. `slot_index` is 0 for A (odd generations) and
@@ -279,11 +286,15 @@ types:
         doc: ASCII `NVBXSLOT` in a valid slot.
       - id: generation
         type: u8
-        doc: '>= 1, odd in slot A and even in slot B.'
+        valid:
+          expr: not strict or (_ >= 1 and is_valid)
+        doc: |
+          >= 1, odd in slot A and even in slot B. Checked (with the magic,
+          through `is_valid`) only on `active_slot`: no valid slot at all.
       - id: incompatible_features
         type: u8
         valid:
-          expr: not check or ((_ >> 1) == 0 and ((_ & 1) == 0 or _root.header.cluster_bits >= 10))
+          expr: not check or _ == 0 or (_ == 1 and _root.header.cluster_bits >= 10)
         doc: |
           Bit mask of `incompatible_feature`. An unknown set bit:
           `feature.incompatible`. Encryption needs `cluster_bits >= 10`.
@@ -300,7 +311,7 @@ types:
         type: u8
         valid:
           expr: |
-            not check or (_ >= _root.header.header_clusters + 1 and _ <= (1 << 40)
+            not check or (_ >= _root.header.header_clusters + 1 and image_clusters_bytes.at_most_2_40
             and (_root.header.capacity_clusters == 0 or _ <= _root.header.capacity_clusters))
         doc-ref: spec/nvbox.md#1-conventions [R-conv-6]
       - id: blob_count
@@ -402,7 +413,13 @@ types:
       check:
         value: strict and is_valid
       is_encrypted:
-        value: (incompatible_features & (1 << incompatible_feature::encrypted.to_i)) != 0
+        value: incompatible_features % 2 == 1
+        doc: Bit 0 (`incompatible_feature::encrypted`); the only bit a valid slot may set.
+      image_clusters_bytes:
+        pos: 40
+        size: 8
+        type: u8_bytes
+        doc: The bytes of `image_clusters`, for the 2^40 bound without 64-bit literals.
       pointer_width:
         value: 'is_encrypted ? 40 : 16'
         doc-ref: spec/nvbox.md#6-pointers [R-ptr-1]
@@ -442,19 +459,19 @@ types:
         valid:
           expr: num_clusters == 0 or _ % _root.header.cluster_size == 0
         doc: Byte offset of the cluster; 0 = null (`pointer.misaligned`).
-      - id: check_in_range
-        size: 0
-        valid:
-          expr: |
-            num_clusters == 0 or offset == 0 or
-            (offset / _root.header.cluster_size >= _root.header.header_clusters
-            and offset / _root.header.cluster_size < num_clusters)
-        doc: Non-null pointers name a cluster past the header area and below `image_clusters` (`pointer.out_of_range`).
       - id: crc
         type: u4
         valid:
-          expr: num_clusters == 0 or offset != 0 or _ == 0
-        doc: CRC-32C of the cluster as stored (ciphertext when encrypted).
+          expr: |
+            num_clusters == 0 or (offset == 0 ? _ == 0 :
+            (offset / _root.header.cluster_size).as<u8> >= _root.header.header_clusters
+            and (offset / _root.header.cluster_size).as<u8> < num_clusters)
+        doc: |
+          CRC-32C of the cluster as stored (ciphertext when encrypted). Its
+          check also carries the range rule of the offset: a null pointer has
+          a zero `crc` (`pointer.reserved`), a non-null one names a cluster
+          past the header area and below `image_clusters`
+          (`pointer.out_of_range`).
         doc-ref: spec/nvbox.md#6-pointers [R-ptr-3]
       - id: reserved
         type: u4
@@ -487,6 +504,23 @@ types:
         size: _root.header.cluster_size
         if: offset != 0
         doc: The bytes `crc` covers (read only when accessed).
+  u8_bytes:
+    doc: |
+      The 8 bytes of a little-endian u8, for bounds near 2^40 without 64-bit
+      literals or shifts (32-bit in JavaScript, Java and C#, 0 in C++).
+    seq:
+      - id: low32
+        type: u4
+      - id: byte4
+        type: u1
+      - id: byte5
+        type: u1
+      - id: high16
+        type: u2
+    instances:
+      at_most_2_40:
+        value: high16 == 0 and (byte5 == 0 or (byte5 == 1 and byte4 == 0 and low32 == 0))
+        doc: The value is at most 2^40.
   fanout_levels:
     doc: |
       The least k >= 0 with fanout^k >= count (count <= fanout^16), by
@@ -498,35 +532,35 @@ types:
         type: u8
     instances:
       c1:
-        value: (count + fanout - 1) / fanout
+        value: ((count + fanout - 1) / fanout).as<u8>
       c2:
-        value: (c1 + fanout - 1) / fanout
+        value: ((c1 + fanout - 1) / fanout).as<u8>
       c3:
-        value: (c2 + fanout - 1) / fanout
+        value: ((c2 + fanout - 1) / fanout).as<u8>
       c4:
-        value: (c3 + fanout - 1) / fanout
+        value: ((c3 + fanout - 1) / fanout).as<u8>
       c5:
-        value: (c4 + fanout - 1) / fanout
+        value: ((c4 + fanout - 1) / fanout).as<u8>
       c6:
-        value: (c5 + fanout - 1) / fanout
+        value: ((c5 + fanout - 1) / fanout).as<u8>
       c7:
-        value: (c6 + fanout - 1) / fanout
+        value: ((c6 + fanout - 1) / fanout).as<u8>
       c8:
-        value: (c7 + fanout - 1) / fanout
+        value: ((c7 + fanout - 1) / fanout).as<u8>
       c9:
-        value: (c8 + fanout - 1) / fanout
+        value: ((c8 + fanout - 1) / fanout).as<u8>
       c10:
-        value: (c9 + fanout - 1) / fanout
+        value: ((c9 + fanout - 1) / fanout).as<u8>
       c11:
-        value: (c10 + fanout - 1) / fanout
+        value: ((c10 + fanout - 1) / fanout).as<u8>
       c12:
-        value: (c11 + fanout - 1) / fanout
+        value: ((c11 + fanout - 1) / fanout).as<u8>
       c13:
-        value: (c12 + fanout - 1) / fanout
+        value: ((c12 + fanout - 1) / fanout).as<u8>
       c14:
-        value: (c13 + fanout - 1) / fanout
+        value: ((c13 + fanout - 1) / fanout).as<u8>
       c15:
-        value: (c14 + fanout - 1) / fanout
+        value: ((c14 + fanout - 1) / fanout).as<u8>
       depth:
         value: |
           count <= 1 ? 0 : c1 <= 1 ? 1 : c2 <= 1 ? 2 : c3 <= 1 ? 3 :
@@ -589,10 +623,19 @@ types:
     params:
       - id: level
         type: u1
+      - id: node_offset
+        type: u8
+        doc: Where this node is (its own pointer's offset).
+      - id: parent_offset
+        type: u8
+        doc: The map node above it, 0 at the top.
+      - id: top_offset
+        type: u8
+        doc: The top node of this map.
     seq:
       - id: entries
         size: _root.pointer_width
-        type: map_ref(level)
+        type: map_ref(level, node_offset, parent_offset, top_offset)
         repeat: expr
         repeat-expr: _root.cluster_size / _root.pointer_width
       - id: padding
@@ -605,9 +648,24 @@ types:
       - id: level
         type: u1
         doc: Level of the map node holding this pointer.
+      - id: node_offset
+        type: u8
+      - id: parent_offset
+        type: u8
+      - id: top_offset
+        type: u8
     seq:
       - id: ptr
         type: pointer(_root.is_encrypted, _root.image_clusters)
+        valid:
+          expr: |
+            _.offset == 0 or (_.offset != node_offset and _.offset != parent_offset
+            and _.offset != top_offset)
+        doc: |
+          Names no map node on its path (`pointer.cycle`): the node holding
+          it, its parent or the map's top node. That is the whole path in maps
+          of depth 3 or less; deeper maps have middle levels Kaitai cannot
+          pass down (no arrays as parameters in every target).
     instances:
       child:
         io: _root._io
@@ -617,7 +675,7 @@ types:
           switch-on: level
           cases:
             1: data_cluster
-            _: map_node(level - 1)
+            _: map_node(level - 1, ptr.offset, node_offset, top_offset)
         if: ptr.offset != 0
   data_cluster:
     doc: One cluster of blob (or snapshot table) bytes.
@@ -676,8 +734,7 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::sequence
+        valid: 0x30
       - id: len
         type: nvbox_der::length
         valid:
@@ -700,8 +757,7 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::sequence
+        valid: 0x30
       - id: len
         type: nvbox_der::length
       - id: body
@@ -720,12 +776,12 @@ types:
           expr: _.value <= 281474976710656
         doc: The blob's size in bytes, at most 2^48.
       - id: content
-        type: blob_content
+        type: blob_content(size.value, map_levels.depth)
         valid:
           expr: |
-            _.tag == nvbox_der::tag::context_0
-            ? (_.len.value == size.value and size.value <= inline_max)
-            : _.clusters.depth.value == map_levels.depth
+            _.tag == 0x80
+            ? (_.len.value == _.blob_size and _.blob_size <= inline_max)
+            : _.clusters.depth.value == _.map_depth
         doc: |
           Inline bytes (length = `size` <= `inline_max`) or a cluster map
           whose depth matches `size` (`directory.entry`, `map.depth`).
@@ -746,25 +802,34 @@ types:
       name_str:
         value: name.value
   blob_content:
-    doc: 'BlobContent ::= CHOICE { inline [0] OCTET STRING, clusters [1] ClusterMap }'
+    doc: |
+      BlobContent ::= CHOICE { inline [0] OCTET STRING, clusters [1] ClusterMap }.
+      The parameters are the entry's `size` and the map depth it requires,
+      passed in so the checks compare a computed value with a parameter (two
+      computed values compare as boxed objects in Java).
+    params:
+      - id: blob_size
+        type: u8
+      - id: map_depth
+        type: u1
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
         valid:
           any-of:
-            - nvbox_der::tag::context_0
-            - nvbox_der::tag::context_1_constructed
+            - 0x80
+            - 0xa1
       - id: len
         type: nvbox_der::length
-      - id: inline
+      - id: inline_data
+        -orig-id: inline
         size: len.value
-        if: tag == nvbox_der::tag::context_0
-        doc: The blob's bytes.
+        if: tag == 0x80
+        doc: The blob's bytes (component `inline`, a keyword in C++).
       - id: clusters
         size: len.value
         type: cluster_map
-        if: tag == nvbox_der::tag::context_1_constructed
+        if: tag == 0xa1
   cluster_map:
     doc: 'ClusterMap ::= SEQUENCE { depth INTEGER (0..16), root OCTET STRING }'
     doc-ref: spec/nvbox.md#8-cluster-maps [R-map-1] [R-map-2]
@@ -775,6 +840,11 @@ types:
           expr: _.value <= 16
       - id: root
         type: der_pointer
+      - id: trailing
+        size-eos: true
+        valid:
+          expr: _.size == 0
+        doc: Nothing follows `root`; ClusterMap has no extension fields (`der.malformed`).
     instances:
       root_node:
         io: _root._io
@@ -784,7 +854,7 @@ types:
           switch-on: depth.value
           cases:
             0: data_cluster
-            _: map_node(depth.value)
+            _: map_node(depth.value, root.ptr.offset, 0, root.ptr.offset)
         if: root.ptr.offset != 0
         doc: The data cluster (depth 0) or the top map node.
   dir_branch:
@@ -796,8 +866,7 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::sequence
+        valid: 0x30
       - id: len
         type: nvbox_der::length
       - id: low_key
@@ -808,6 +877,11 @@ types:
         doc: Empty in the first branch, else a 32-byte SHA-256 key.
       - id: child
         type: der_pointer
+        valid:
+          expr: 4 + low_key.len.value + _.len.value == len.value
+        doc: |
+          The branch's SEQUENCE holds exactly `lowKey` and `child` (both short
+          TLVs: 2 bytes of tag and length each), `der.malformed` otherwise.
     instances:
       child_node:
         io: _root._io
@@ -815,27 +889,28 @@ types:
         size: _root.cluster_size
         type: dir_node(child_level)
         doc: The child node (lazy).
-  snapshot_table:
+  snapshot_table_der:
     doc: 'SnapshotTable ::= SEQUENCE OF Snapshot, `snaptable_size` bytes.'
     doc-ref: spec/nvbox.md#11-snapshots [R-snap-5]
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::sequence
+        valid: 0x30
       - id: len
         type: nvbox_der::length
         valid:
-          expr: _.value == _io.size - _io.pos
+          expr: _.value == _io.size - _io.pos and _.value != 0
+        doc: |
+          The SEQUENCE fills the table exactly; it is never empty (a table
+          exists only when `snapshot_count` is not 0).
       - id: snapshots
         type: snapshot
         repeat: eos
         valid:
-          expr: _.body.id.value < _root.active_slot.next_snapshot_id
-      - id: check_count
-        size: 0
-        valid:
-          expr: snapshots.size == _root.active_slot.snapshot_count
+          expr: |
+            _.body.id.value < _root.active_slot.next_snapshot_id
+            and (not _io.eof or snapshots.size == _root.active_slot.snapshot_count)
+        doc: Ids below `next_snapshot_id`; the last one makes the count `snapshot_count`.
   snapshot:
     doc: |
       Snapshot ::= SEQUENCE { id, name, createTime, blobCount, dirDepth,
@@ -844,8 +919,7 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::sequence
+        valid: 0x30
       - id: len
         type: nvbox_der::length
       - id: body
@@ -902,13 +976,12 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::integer
+        valid: 0x02
       - id: len
         type: nvbox_der::length
       - id: body
         size: len.value
-        type: nvbox_der::integer
+        type: nvbox_der::uint_body
     instances:
       value:
         value: body.value
@@ -916,8 +989,7 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::utf8_string
+        valid: 0x0c
       - id: len
         type: nvbox_der::length
       - id: value
@@ -927,8 +999,7 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::octet_string
+        valid: 0x04
       - id: len
         type: nvbox_der::length
       - id: value
@@ -937,8 +1008,7 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::context_0
+        valid: 0x80
       - id: len
         type: nvbox_der::length
       - id: value
@@ -948,16 +1018,15 @@ types:
     seq:
       - id: tag
         type: u1
-        enum: nvbox_der::tag
-        valid: nvbox_der::tag::octet_string
+        valid: 0x04
       - id: len
         type: nvbox_der::length
         valid:
-          expr: _.value == _root.pointer_width
+          expr: '_root.is_encrypted ? _.value == 40 : _.value == 16'
       - id: ptr
         size: len.value
         type: pointer(_root.is_encrypted, _root.image_clusters)
-  keyslot_table:
+  keyslot_cluster:
     doc: The plaintext key slot table (one cluster).
     doc-ref: spec/nvbox.md#101-keys [R-enc-2] [R-enc-4]
     seq:
@@ -972,7 +1041,7 @@ types:
         valid: 8
       - id: cipher
         type: u4
-        enum: cipher
+        enum: cipher_id
         valid:
           in-enum: true
       - id: reserved
@@ -983,15 +1052,14 @@ types:
         type: key_slot
         repeat: expr
         repeat-expr: num_slots
-      - id: check_slot_in_use
-        size: 0
         valid:
           expr: |
-            slots[0].kind != key_slot_kind::empty or slots[1].kind != key_slot_kind::empty
+            _.kind != key_slot_kind::empty or slots.size < 8
+            or slots[0].kind != key_slot_kind::empty or slots[1].kind != key_slot_kind::empty
             or slots[2].kind != key_slot_kind::empty or slots[3].kind != key_slot_kind::empty
             or slots[4].kind != key_slot_kind::empty or slots[5].kind != key_slot_kind::empty
-            or slots[6].kind != key_slot_kind::empty or slots[7].kind != key_slot_kind::empty
-        doc: At least one key slot is in use.
+            or slots[6].kind != key_slot_kind::empty
+        doc: The eighth slot's check says at least one key slot is in use.
         doc-ref: spec/nvbox.md#101-keys [R-enc-4]
       - id: padding
         type: u1
@@ -1060,7 +1128,7 @@ types:
         valid: 0
 enums:
   ext_type:
-    0: end
+    0: end_of_extensions
     1:
       id: creator
       doc: UTF-8 name of the creating program, at most 64 bytes.
@@ -1071,7 +1139,7 @@ enums:
         Pointers are 40 bytes; every cluster reached through a pointer except
         the key slot table is AES-256-GCM encrypted.
       doc-ref: spec/nvbox.md#5-feature-bits [R-enc-1]
-  cipher:
+  cipher_id:
     1: aes_256_gcm
   key_slot_kind:
     0: empty

@@ -12,9 +12,9 @@ doc: |
   OCTET STRING and UTF8String, context-specific tags [0]..[30] in the
   one-byte form, definite lengths in the short form or the minimal long form
   with 1, 2 or 3 length bytes. Constructed values are parsed recursively;
-  primitive ones are left as bytes (`integer` gives an INTEGER's value).
+  primitive ones are left as bytes (`uint_body` gives an INTEGER's value).
 
-  The nested types `length` and `integer` are reused by nvbox.ksy for the
+  The nested types `length` and `uint_body` are reused by nvbox.ksy for the
   typed views of directory records. This spec uses no `_root`/`_parent`, so
   it can be imported (Kaitai 0.11 passes only `_io` to imported types).
 
@@ -26,12 +26,15 @@ doc-ref:
 seq:
   - id: tag
     type: u1
-    enum: tag
     valid:
       expr: |
-        _.to_i == 0x30 or _.to_i == 0x02 or _.to_i == 0x04 or _.to_i == 0x0c
-        or (_.to_i >= 0x80 and _.to_i <= 0x9e) or (_.to_i >= 0xa0 and _.to_i <= 0xbe)
-    doc: Tag byte; any tag outside the subset is `der.malformed`.
+        _ == 0x30 or _ == 0x02 or _ == 0x04 or _ == 0x0c
+        or (_ >= 0x80 and _ <= 0x9e) or (_ >= 0xa0 and _ <= 0xbe)
+    doc: |
+      Tag byte; any tag outside the subset is `der.malformed`. A plain integer,
+      not an enum: an enum naming a few of the 66 allowed tags turns the others
+      into null in Java and Lua. 0x02 INTEGER, 0x04 OCTET STRING, 0x0c
+      UTF8String, 0x30 SEQUENCE, 0x80 + n primitive [n], 0xa0 + n constructed [n].
   - id: len
     type: length
   - id: body
@@ -43,11 +46,11 @@ seq:
     doc: Contents; a byte array for a primitive value.
 instances:
   is_constructed:
-    value: (tag.to_i & 0x20) != 0
+    value: (tag & 0x20) != 0
   is_context_specific:
-    value: (tag.to_i & 0xc0) == 0x80
+    value: (tag & 0xc0) == 0x80
   context_number:
-    value: tag.to_i & 0x1f
+    value: tag & 0x1f
     doc: The number n of a context-specific tag [n].
 types:
   constructed:
@@ -82,51 +85,49 @@ types:
           min: 0x10000
     instances:
       value:
-        value: 'first < 0x80 ? first : first == 0x81 ? len_1 : first == 0x82 ? len_2 : len_3'
-  integer:
+        value: '(first < 0x80 ? first : first == 0x81 ? len_1 : first == 0x82 ? len_2 : len_3).as<u4>'
+        doc: At most 2^24 - 1, so 32 bits hold it in every target.
+  uint_body:
     doc: |
       Contents of a non-negative DER INTEGER: 1 to 9 bytes, minimal two's
       complement, value below 2^64. Use with `size:` set to the content length.
+      The value is folded byte by byte in a 64-bit type (`.as<u8>`): a switch
+      over u1..u8/b24..b56 gets a 32-bit type in Java and C++, and JavaScript
+      cannot read bit fields wider than 32 bits. JavaScript holds values up to
+      2^53 exactly, like its u8 reads.
     seq:
       - id: byte0
         type: u1
         valid:
-          max: 0x7f
-        doc: The sign bit is clear (non-negative).
+          expr: _ <= 0x7f and _io.size <= 9 and (_io.size < 9 or _ == 0)
+        doc: |
+          The sign bit is clear (non-negative); at most 9 bytes, and a 9-byte
+          integer starts with 0x00 (below 2^64).
       - id: byte1
         type: u1
         if: _io.size >= 2
         valid:
           expr: byte0 != 0 or _ >= 0x80
         doc: Minimal form, a leading 0x00 only before a byte >= 0x80.
-      - id: check_len
-        size: 0
-        valid:
-          expr: _io.size >= 1 and _io.size <= 9 and (_io.size < 9 or byte0 == 0)
+      - id: more
+        type: u1
+        repeat: eos
+        doc: Bytes 2.. (at most 7).
     instances:
+      acc2:
+        value: '(_io.size >= 2 ? byte0.as<u8> * 256 + byte1 : byte0).as<u8>'
+      acc3:
+        value: '(_io.size >= 3 ? acc2 * 256 + more[0] : acc2).as<u8>'
+      acc4:
+        value: '(_io.size >= 4 ? acc3 * 256 + more[1] : acc3).as<u8>'
+      acc5:
+        value: '(_io.size >= 5 ? acc4 * 256 + more[2] : acc4).as<u8>'
+      acc6:
+        value: '(_io.size >= 6 ? acc5 * 256 + more[3] : acc5).as<u8>'
+      acc7:
+        value: '(_io.size >= 7 ? acc6 * 256 + more[4] : acc6).as<u8>'
+      acc8:
+        value: '(_io.size >= 8 ? acc7 * 256 + more[5] : acc7).as<u8>'
       value:
-        pos: '_io.size == 9 ? 1 : 0'
-        type:
-          switch-on: _io.size
-          cases:
-            1: u1
-            2: u2
-            3: b24
-            4: u4
-            5: b40
-            6: b48
-            7: b56
-            8: u8
-            9: u8
-enums:
-  tag:
-    0x02: integer
-    0x04: octet_string
-    0x0c: utf8_string
-    0x30: sequence
-    0x80:
-      id: context_0
-      doc: "[0] primitive: BlobContent inline, Snapshot metadata."
-    0xa1:
-      id: context_1_constructed
-      doc: "[1] constructed: BlobContent clusters (ClusterMap)."
+        value: '(_io.size >= 9 ? acc8 * 256 + more[6] : acc8).as<u8>'
+        doc: The INTEGER's value.

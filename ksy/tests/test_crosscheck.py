@@ -25,7 +25,7 @@ def blob_bytes(entry, cs, P):
     body = entry.body
     c = body.content
     if c.tag == 0x80:
-        return c.inline
+        return c.inline_data
     cm = c.clusters
     if cm.root.ptr.offset == 0:
         return bytes(body.size.value)

@@ -26,7 +26,7 @@ BLOBS = {
 def walk_blob(img, content, cs):
     """Read a blob's bytes through the descriptors (holes read as zeros)."""
     if content.tag == 0x80:
-        return content.inline
+        return content.inline_data
     cm = content.clusters
     if cm.root.ptr.offset == 0:
         return None
@@ -68,9 +68,9 @@ def test_valid_image_roundtrip(tmp_path, parse, bits):
     h = img.header
     assert (h.version, h.cluster_bits, h.header_length, h.refcount_order) == (1, bits, 128, 4)
     assert h.header_clusters == info["header_clusters"]
-    assert h.extensions[0].ext_type == img.ExtType.creator
-    assert h.extensions[0].ext_data == "mkimage"
-    assert h.extensions[-1].ext_type == img.ExtType.end
+    assert h.extensions[0].ext_type == img.ExtType.creator.value
+    assert h.extensions[0].creator_name == "mkimage"
+    assert h.extensions[-1].ext_type == img.ExtType.end_of_extensions.value
     assert img.active_slot_index == 0 and img.slot_a.is_valid and not img.slot_b.is_valid
     s = img.active_slot
     assert s.image_clusters == info["image_clusters"]
@@ -140,7 +140,7 @@ def test_encrypted_image_plaintext_structures(tmp_path, parse):
     assert img.active_slot.dir_root.nonce != bytes(12)
     assert img.dir_root_node is None and img.refcount_root_node is None   # ciphertext
     kt = img.keyslot_table
-    assert kt.cipher == img.Cipher.aes_256_gcm
+    assert kt.cipher == img.CipherId.aes_256_gcm
     assert kt.slots[0].kind == img.KeySlotKind.passphrase_argon2id
     assert all(sl.kind == img.KeySlotKind.empty for sl in kt.slots[1:])
     assert crc32c(img.active_slot.keyslots.cluster_bytes) == img.active_slot.keyslots.crc
@@ -185,21 +185,21 @@ def dir_root_off(raw):
 
 
 def test_bad_magic(parse, good):
-    e = expect(parse, poke(good, 0, b"\x89PNG"), ks.ValidationNotEqualError, "/types/header/seq/0")
+    e = expect(parse, poke(good, 0, b"\x89PNG"), ks.ValidationNotEqualError, "/types/image_header/seq/0")
     assert isinstance(e, ks.ValidationFailedError) and isinstance(e, ks.KaitaiStructError)
 
 
 @pytest.mark.parametrize("off,data,exc,path", [
-    (8, struct.pack("<I", 2), ks.ValidationNotEqualError, "/types/header/seq/1"),
-    (12, struct.pack("<I", 132), ks.ValidationExprError, "/types/header/seq/2"),
-    (12, struct.pack("<I", 512), ks.ValidationExprError, "/types/header/seq/2"),
-    (16, b"\x08", ks.ValidationLessThanError, "/types/header/seq/3"),
-    (16, b"\x16", ks.ValidationGreaterThanError, "/types/header/seq/3"),
-    (17, b"\x05", ks.ValidationNotEqualError, "/types/header/seq/4"),
-    (18, b"\x01", ks.ValidationNotEqualError, "/types/header/seq/5"),
-    (20, b"\x01", ks.ValidationNotEqualError, "/types/header/seq/6"),
-    (40, struct.pack("<Q", 2), ks.ValidationExprError, "/types/header/seq/8"),
-    (100, b"\x01", ks.ValidationNotEqualError, "/types/header/seq/10"),
+    (8, struct.pack("<I", 2), ks.ValidationNotEqualError, "/types/image_header/seq/1"),
+    (12, struct.pack("<I", 132), ks.ValidationExprError, "/types/image_header/seq/2"),
+    (12, struct.pack("<I", 512), ks.ValidationExprError, "/types/image_header/seq/2"),
+    (16, b"\x08", ks.ValidationLessThanError, "/types/image_header/seq/3"),
+    (16, b"\x16", ks.ValidationGreaterThanError, "/types/image_header/seq/3"),
+    (17, b"\x05", ks.ValidationNotEqualError, "/types/image_header/seq/4"),
+    (18, b"\x01", ks.ValidationNotEqualError, "/types/image_header/seq/5"),
+    (20, b"\x01", ks.ValidationNotEqualError, "/types/image_header/seq/6"),
+    (40, struct.pack("<Q", 2), ks.ValidationExprError, "/types/image_header/seq/8"),
+    (100, b"\x01", ks.ValidationNotEqualError, "/types/image_header/seq/10"),
 ])
 def test_bad_header_field(parse, good, off, data, exc, path):
     expect(parse, poke(good, off, data), exc, path)
@@ -216,17 +216,20 @@ def test_extensions(tmp_path, parse):
     assert [e.ext_type for e in parse(raw).header.extensions] == [7, 1, 0]
     # unknown + required
     raw = header_with_ext(tmp_path, [(7, 1, b"x"), (0, 0, b"")])
-    expect(parse, raw, ks.ValidationExprError, "/types/header_extension/seq/5")
+    expect(parse, raw, ks.ValidationExprError, "/types/header_extension/seq/3")
     # reserved flag bit
     raw = header_with_ext(tmp_path, [(7, 2, b"x"), (0, 0, b"")])
     expect(parse, raw, ks.ValidationExprError, "/types/header_extension/seq/1")
     # creator longer than 64 bytes
     raw = header_with_ext(tmp_path, [(1, 0, b"c" * 65), (0, 0, b"")])
-    expect(parse, raw, ks.ValidationExprError, "/types/header_extension/seq/2")
+    expect(parse, raw, ks.ValidationExprError, "/types/header_extension/seq/3")
     # non-zero padding
     raw = header_with_ext(tmp_path, [(1, 0, b"abc"), (0, 0, b"")])
     expect(parse, poke(raw, 128 + 8 + 3, b"\x01"), ks.ValidationNotEqualError,
            "/types/header_extension/seq/4")
+    # a non-zero byte after the end record (R-header-10)
+    raw = header_with_ext(tmp_path, [(1, 0, b"abc"), (0, 0, b"")])
+    expect(parse, poke(raw, 505, b"\x01"), ks.ValidationNotEqualError, "/types/header_extension/seq/4")
     # no end record: records run into byte 508
     raw = header_with_ext(tmp_path, [(7, 0, b"x" * 8)] * 30)
     expect(parse, raw, ks.ValidationExprError, "/types/header_extension/seq/2")
@@ -240,7 +243,13 @@ def test_no_valid_slot(parse, good):
     raw = poke(good, 512, b"XXXX")
     img = parse(raw)        # the raw slots still parse
     assert not img.slot_a.is_valid and not img.slot_b.is_valid
-    expect(parse, raw, ks.ValidationExprError, None, lambda i: i.active_slot)
+    e = expect(parse, raw, ks.ValidationExprError, "/types/commit_slot/seq/1", lambda i: i.active_slot)
+    # not cached: a second access fails again instead of returning the bad slot
+    img = parse(raw)
+    for _ in range(2):
+        with pytest.raises(ks.ValidationExprError):
+            img.active_slot
+    assert e
 
 
 def test_wrong_parity_is_not_valid(parse, good):
@@ -250,6 +259,8 @@ def test_wrong_parity_is_not_valid(parse, good):
 
 @pytest.mark.parametrize("off,data,seq", [
     (16, struct.pack("<Q", 2), 2),                      # unknown incompatible feature
+    (16, struct.pack("<Q", 1 << 63), 2),                # bit 63 (a shift turned into >>> missed it)
+    (40, struct.pack("<Q", (1 << 40) + 1), 5),          # image_clusters > 2^40
     (40, struct.pack("<Q", 1), 5),                      # image_clusters < header_clusters + 1
     (56, struct.pack("<Q", 0), 7),                      # next_snapshot_id 0
     (72, b"\x07", 9),                                   # refcount_depth 7
@@ -279,7 +290,7 @@ def test_encrypted_needs_1k_clusters(tmp_path, parse):
 
 @pytest.mark.parametrize("delta,path", [
     (100, "/types/pointer/seq/0"),                          # misaligned
-    (None, "/types/pointer/seq/1"),                         # out of range
+    (None, "/types/pointer/seq/1"),                         # out of range (checked with the crc)
 ])
 def test_bad_pointer(parse, good, delta, path):
     off = dir_root_off(good)
@@ -290,15 +301,25 @@ def test_bad_pointer(parse, good, delta, path):
 
 def test_pointer_reserved_and_null_rules(parse, good):
     raw = poke(good, 512 + 128 + 12, b"\x01")
-    expect(parse, raw, ks.ValidationExprError, "/types/pointer/seq/3", lambda i: i.active_slot)
+    expect(parse, raw, ks.ValidationExprError, "/types/pointer/seq/2", lambda i: i.active_slot)
     raw = poke(good, 512 + 168 + 20, b"\x01")   # padding after a plain pointer in a 40-byte field
-    expect(parse, raw, ks.ValidationExprError, "/types/pointer/seq/6", lambda i: i.active_slot)
+    expect(parse, raw, ks.ValidationExprError, "/types/pointer/seq/5", lambda i: i.active_slot)
 
 
 def test_pointer_into_header_area(parse, good):
     raw = poke(good, 512 + 128, struct.pack("<Q", 0))
     raw = poke(raw, 512 + 128, struct.pack("<Q", 0) + b"\1\0\0\0")  # null with a crc
-    expect(parse, raw, ks.ValidationExprError, "/types/pointer/seq/2", lambda i: i.active_slot)
+    expect(parse, raw, ks.ValidationExprError, "/types/pointer/seq/1", lambda i: i.active_slot)
+
+
+@pytest.mark.parametrize("cap,ok", [(0, True), (2 ** 40, True), (2 ** 40 + 1, False), (2 ** 41, False),
+                                    (2 ** 64 - 1, False)])
+def test_capacity_at_most_2_40(parse, good, cap, ok):
+    raw = poke(good, 40, struct.pack("<Q", cap))
+    if ok:
+        assert parse(raw).header.capacity_clusters == cap
+    else:
+        expect(parse, raw, ks.ValidationExprError, "/types/image_header/seq/8")
 
 
 @pytest.mark.parametrize("rel,data,path", [
@@ -335,8 +356,8 @@ def entry(name=b"small", size=der_int(3), content=tlv(0x80, b"abc"), ext=b""):
     (b"\x31" + der_seq(entry())[1:], "/types/dir_body/seq/0"),                  # SET, not SEQUENCE
     (b"\x30\x81\x10" + entry(), "/types/length/seq/1"),           # non-minimal long form
     (b"\x30\x80" + entry() + b"\0\0", "/types/length/seq/0"),     # indefinite
-    (der_seq(entry(size=tlv(0x02, b"\x00\x03"))), "/types/integer/seq/1"),
-    (der_seq(entry(size=tlv(0x02, b"\x83"))), "/types/integer/seq/0"),  # negative
+    (der_seq(entry(size=tlv(0x02, b"\x00\x03"))), "/types/uint_body/seq/1"),
+    (der_seq(entry(size=tlv(0x02, b"\x83"))), "/types/uint_body/seq/0"),  # negative
     (der_seq(entry(size=der_int(4))), "/types/dir_entry_body/seq/2"),           # inline len != size
     (der_seq(entry(name=b"")), "/types/dir_entry_body/seq/0"),
     (der_seq(entry(ext=tlv(0x81, b"x"))), "/types/dir_entry_body/seq/3"),       # [1] not an extension
@@ -344,11 +365,14 @@ def entry(name=b"small", size=der_int(3), content=tlv(0x80, b"abc"), ext=b""):
     (der_seq(entry(ext=tlv(0x1f, b"x"))), "/seq/0"),            # tag outside subset (path within nvbox_der.ksy)
     (der_seq(entry(content=tlv(0xA1, der_int(1) + tlv(0x04, bytes(16))))),
      "/types/dir_entry_body/seq/2"),                                            # map depth != size
+    (der_seq(entry(size=der_int(0), content=tlv(0xA1, der_int(0) + tlv(0x04, bytes(16)) + der_int(0)))),
+     "/types/cluster_map/seq/2"),                                               # element after root
+    (der_seq(entry(name=b"n" * 200, size=der_int(200), content=tlv(0x80, b"i" * 200))), None),  # inline >= 128
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_der(tmp_path, parse, body, path):
     raw = leaf_with(tmp_path, parse, body)
     if path is None:
-        assert parse(raw).dir_root_node.body.entries[0].body.name.value == "small"
+        assert parse(raw).dir_root_node.body.entries[0].body.name.value in ("small", "n" * 200)
     else:
         expect(parse, raw, ks.ValidationFailedError, path, lambda i: i.dir_root_node)
 
@@ -366,10 +390,11 @@ def test_der_long_lengths(ksy):
     for n in (0, 127, 128, 255, 256, 70000):
         v = der(KaitaiStream(io.BytesIO(tlv(0x04, b"a" * n))))
         assert v.len.value == n and len(v.body) == n
-    for n in (1, 127, 128, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1):
+    for n in (0, 1, 127, 128, 2 ** 24 + 3, 2 ** 32 + 5, 2 ** 40 + 1, 2 ** 48, 2 ** 56 - 1,
+              2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1):
         b = der_int(n)
         v = der(KaitaiStream(io.BytesIO(b)))
-        assert ksy.nvbox_der.NvboxDer.Integer(KaitaiStream(io.BytesIO(v.body))).value == n
+        assert ksy.nvbox_der.NvboxDer.UintBody(KaitaiStream(io.BytesIO(v.body))).value == n
     nested = der_seq(der_seq(tlv(0xA5, der_int(1))), tlv(0x0C, "é".encode()))
     v = der(KaitaiStream(io.BytesIO(nested)))
     assert v.body.elements[0].body.elements[0].context_number == 5
@@ -386,17 +411,17 @@ def enc_raw(tmp_path):
 
 
 @pytest.mark.parametrize("rel,data,path", [
-    (0, b"NVKX", "/types/keyslot_table/seq/0"),
-    (4, struct.pack("<H", 2), "/types/keyslot_table/seq/1"),
-    (6, struct.pack("<H", 9), "/types/keyslot_table/seq/2"),
-    (8, struct.pack("<I", 2), "/types/keyslot_table/seq/3"),
-    (12, b"\x01", "/types/keyslot_table/seq/4"),
-    (32, b"\x00", "/types/keyslot_table/seq/6"),             # no slot in use
+    (0, b"NVKX", "/types/keyslot_cluster/seq/0"),
+    (4, struct.pack("<H", 2), "/types/keyslot_cluster/seq/1"),
+    (6, struct.pack("<H", 9), "/types/keyslot_cluster/seq/2"),
+    (8, struct.pack("<I", 2), "/types/keyslot_cluster/seq/3"),
+    (12, b"\x01", "/types/keyslot_cluster/seq/4"),
+    (32, b"\x00", "/types/keyslot_cluster/seq/5"),             # no slot in use
     (32, b"\x04", "/types/key_slot/seq/0"),                  # unknown kind
     (33, b"\x01", "/types/key_slot/seq/1"),
     (32 + 96 + 20, b"\x01", "/types/key_slot/seq/5"),        # empty slot with a salt
     (32 + 92, b"\x01", "/types/key_slot/seq/9"),
-    (900, b"\x01", "/types/keyslot_table/seq/7"),            # padding
+    (900, b"\x01", "/types/keyslot_cluster/seq/6"),            # padding
     # R-enc-7: KDF parameters a reader must refuse before running the KDF.
     (32 + 4, struct.pack("<I", 257), "/types/key_slot/seq/2"),          # Argon2id t > 256
     (32 + 8, struct.pack("<I", 0xFFFFFFFF), "/types/key_slot/seq/3"),   # Argon2id m > 4 GiB
