@@ -265,7 +265,7 @@ def _bump_refcount(path):
     with nvbox.open(path, "rw") as im:
         c = _data_cluster_offset_from(im)
         im.store.set_count(c, im.store.count(c) + 1)
-        im._changed = True
+        im.txn.mark_changed()
         im._commit()
     return c
 
@@ -293,7 +293,7 @@ def test_check_undercount_is_corruption(filled):
     with nvbox.open(filled, "rw") as im:
         c = _data_cluster_offset_from(im)
         im.store.set_count(c, 0)
-        im._changed = True
+        im.txn.mark_changed()
         im._commit()
     assert run("check", filled).exit_code == 2
     r = run("check", "-r", "leaks", filled)
@@ -397,8 +397,16 @@ def test_import_export_roundtrip(tmp_path, img):
     assert _files(tmp_path / "out") == _files(src)
     doc = json.loads(ok("export", "--output", "json", img, tmp_path / "out2").stdout)
     assert doc["exported"] == 4
-    # import is one commit
-    ok("import", img, src)
+    # import is one commit, and only of what changed: an identical re-import commits nothing
+    size = os.path.getsize(img)
+    doc = json.loads(ok("import", "--output", "json", img, src).stdout)
+    assert doc["written"] == [] and len(doc["unchanged"]) == 4
+    with nvbox.open(img) as im:
+        assert im.generation == gen
+    assert os.path.getsize(img) == size
+    (src / "vpd").write_bytes(b"VPD" * 2000)
+    doc = json.loads(ok("import", "--output", "json", img, src).stdout)
+    assert doc["written"] == ["vpd"] and doc["bytes_written"] == 6000
     with nvbox.open(img) as im:
         assert im.generation == gen + 1
 
@@ -419,18 +427,110 @@ def test_export_snapshot(tmp_path, filled):
     assert (tmp_path / "o" / "nic0" / "eeprom").read_bytes() == b"eeprom"
 
 
-def test_export_refuses_unsafe_names(tmp_path, img):
-    ok("put", img, "../escape", input=b"x")
-    r = run("export", img, tmp_path / "o")
-    assert r.exit_code == 1 and error_line(r).startswith("nvbox: error: usage.argument: ")
-    assert not (tmp_path / "escape").exists()
+def test_names_that_are_not_paths_are_refused_by_put_and_the_library(tmp_path, img):
+    for name in ("../escape", "/abs", "a//b", "a/", ".", "a/./b"):
+        r = run("put", img, name, input=b"x")
+        assert r.exit_code == 1 and error_line(r).startswith("nvbox: error: blob.name: "), name
+        assert "path-safe" in error_line(r)
+    with nvbox.open(img, "rw") as im:
+        with pytest.raises(nvbox.NvboxError) as e:
+            im["../x"] = b"x"
+        assert e.value.code == "blob.name"
+    assert ok("ls", img).output == ""
 
 
-def test_export_refuses_file_directory_clash(tmp_path, img):
+def test_export_reports_blobs_it_cannot_write_and_writes_the_others(tmp_path, img):
     ok("put", img, "a", input=b"x")
-    ok("put", img, "a/b", input=b"y")
+    ok("put", img, "a/b", input=b"y")          # 'a' is also a directory of 'a/b'
+    ok("put", img, "c", input=b"z")
     r = run("export", img, tmp_path / "o")
-    assert r.exit_code == 1 and "usage.argument" in error_line(r)
+    assert r.exit_code == 1
+    assert "nvbox: error: blob.name: blob 'a' not exported" in r.stderr
+    assert (tmp_path / "o" / "a" / "b").read_bytes() == b"y" and (tmp_path / "o" / "c").read_bytes() == b"z"
+    doc = json.loads(run("export", "--output", "json", img, tmp_path / "o2").stdout)
+    assert [f["name"] for f in doc["failed"]] == ["a"] and doc["blobs"] == ["a/b", "c"]
+
+
+def test_export_damaged_blob_is_reported_and_the_others_written(tmp_path, img):
+    ok("put", img, "big", input=bytes(range(256)) * 64)
+    ok("put", img, "small", input=b"fine")
+    with nvbox.open(img) as im:
+        data_off = im.trees.map_node(_root_of(im, "big"))[0].offset
+    raw = bytearray(img.read_bytes())
+    raw[data_off + 5] ^= 0xFF
+    img.write_bytes(bytes(raw))
+    r = run("export", img, tmp_path / "o")
+    assert r.exit_code == 1 and "blob 'big' not exported" in r.stderr and "cluster.checksum" in r.stderr
+    assert (tmp_path / "o" / "small").read_bytes() == b"fine" and not (tmp_path / "o" / "big").exists()
+
+
+def _root_of(im, name):
+    e = im.trees.dir_lookup(im.state.dir_root, im.state.dir_depth, name)
+    return e.root
+
+
+def test_export_mode_and_mirror(tmp_path, img):
+    ok("put", img, "tpm/permall", input=b"seeds")
+    ok("put", img, "tpm/volatile", input=b"v")
+    out = tmp_path / "state"
+    (out / "stale").mkdir(parents=True)
+    (out / "stale" / "old").write_bytes(b"old")
+    (out / "tpm").mkdir()
+    (out / "tpm" / "extra").write_bytes(b"extra")
+    (out / ".lock").write_bytes(b"")                # excluded by default: kept
+    (out / ".tpm.nvbox-tmp").write_bytes(b"")       # a crashed export's temporary: removed
+    ok("export", img, out)
+    assert (out / "stale" / "old").exists()         # without --mirror nothing is removed
+    assert (out / "tpm" / "permall").stat().st_mode & 0o777 == 0o600
+    doc = json.loads(ok("export", "--mirror", "--mode", "640", "--output", "json", img, out).stdout)
+    assert _files(out) == {"tpm/permall": b"seeds", "tpm/volatile": b"v", ".lock": b""}
+    assert doc["removed"] == [".tpm.nvbox-tmp", "stale/", "stale/old", "tpm/extra"]
+    assert (out / "tpm" / "permall").stat().st_mode & 0o777 == 0o640
+    assert not any(n.endswith(".nvbox-tmp") for n in os.listdir(out / "tpm"))
+    r = run("export", "--mode", "999", img, out)
+    assert r.exit_code == 1 and error_line(r).startswith("nvbox: error: usage.argument: ")
+
+
+def test_export_mirror_restores_a_snapshot(tmp_path, img):
+    ok("put", img, "tpm2-00.permall", input=b"old seeds")
+    ok("snapshot", "create", img, "s")
+    ok("put", img, "tpm2-00.permall", input=b"new seeds")
+    ok("put", img, "tpm2-00.volatilestate", input=b"newer state")
+    out = tmp_path / "state"
+    ok("export", img, out)
+    ok("export", "--mirror", "--snapshot", "s", img, out)
+    assert _files(out) == {"tpm2-00.permall": b"old seeds"}
+
+
+def test_import_excludes(tmp_path, img):
+    src = tmp_path / "state"
+    src.mkdir()
+    for name in ("tpm2-00.permall", ".lock", "notes~", ".notes.swp", "#notes#", ".#notes", "keep.log"):
+        (src / name).write_bytes(name.encode())
+    doc = json.loads(ok("import", "--output", "json", img, src).stdout)
+    assert doc["blobs"] == ["keep.log", "tpm2-00.permall"]
+    doc = json.loads(ok("import", "--exclude", "*.log", "--output", "json", img, src).stdout)
+    assert doc["blobs"] == ["tpm2-00.permall"]
+    doc = json.loads(ok("import", "--no-default-excludes", "--output", "json", img, src).stdout)
+    assert ".lock" in doc["blobs"] and len(doc["blobs"]) == 7
+    assert "'.lock'" in ok("import", "--help").output
+
+
+def test_reimport_with_a_snapshot_keeps_sharing(tmp_path):
+    p = tmp_path / "s.nvbox"
+    ok("create", "--cluster-size", 512, p)
+    src = tmp_path / "state"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(20000))
+    ok("import", p, src)
+    ok("snapshot", "create", p, "held")
+    size = os.path.getsize(p)
+    (src / "f3").write_bytes(os.urandom(20000))
+    doc = json.loads(ok("import", "--output", "json", p, src).stdout)
+    assert doc["written"] == ["f3"] and len(doc["unchanged"]) == 7
+    # one blob's new copy (40 clusters of 512 bytes) and some tree nodes, not eight blobs' copies
+    assert os.path.getsize(p) - size < 2 * 20000
 
 
 # -- measure ------------------------------------------------------------------------------------------
@@ -449,7 +549,11 @@ def test_measure_is_exact(tmp_path, cluster_size):
     def attempt(capacity, saves):
         p = tmp_path / f"fixed-{capacity}-{saves}.nvbox"
         ok("create", "--cluster-size", cluster_size, "--capacity", capacity, p)
-        for _ in range(saves):
+        for save in range(saves):
+            if save:                    # the next save of the whole state: every file changed, same sizes
+                for f in _files(src):
+                    path = src / f
+                    path.write_bytes(bytes(b ^ 0xFF for b in path.read_bytes()))
             r = run("import", p, src)
             if r.exit_code:
                 assert error_line(r).startswith("nvbox: error: space.exhausted: "), r.output
@@ -639,13 +743,30 @@ def test_diff(filled):
     ok("rm", filled, "nic0/eeprom")
     ok("put", filled, "tpm/permanent", input=b"different")
     ok("snapshot", "create", filled, "b")
-    text = ok("diff", filled, "a").output.splitlines()
-    assert text == ["+ new", "- nic0/eeprom", "M tpm/permanent"]
-    doc = json.loads(ok("diff", "--output", "json", filled, "a", "b").stdout)
-    assert doc == {"a": "a", "b": "b", "added": ["new"], "removed": ["nic0/eeprom"], "changed": ["tpm/permanent"]}
+    r = run("diff", filled, "a")
+    assert r.exit_code == 1 and r.output.splitlines() == ["+ new", "- nic0/eeprom", "M tpm/permanent"]
+    r = run("diff", "--output", "json", filled, "a", "b")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1 and doc["added"] == ["new"] and doc["removed"] == ["nic0/eeprom"]
+    assert doc["changed"] == ["tpm/permanent"] and doc["equal"] is False
+    assert doc["sizes"] == {"new": [None, 1], "nic0/eeprom": [6, None], "tpm/permanent": [20480, 9]}
     assert ok("diff", filled, "b").output.strip() == "No differences."
     r = run("diff", "--output", "json", filled, "zz")
-    assert r.exit_code == 1 and json.loads(r.stdout)["error"]["code"] == "snapshot.not_found"
+    assert r.exit_code == 2 and json.loads(r.stdout)["error"]["code"] == "snapshot.not_found"
+
+
+def test_diff_compares_content_not_storage(filled):
+    ok("snapshot", "create", filled, "a")
+    data = ok("get", filled, "tpm/permanent").stdout_bytes
+    ok("put", filled, "tpm/permanent", input=data)              # the same bytes, new clusters
+    assert ok("diff", filled, "a").output.strip() == "No differences."
+    doc = json.loads(ok("diff", "--output", "json", filled, "a").stdout)
+    assert doc["equal"] is True and doc["changed"] == [] and doc["rewritten"] == ["tpm/permanent"]
+    r = run("diff", "--storage", filled, "a")
+    assert r.exit_code == 1 and r.output.splitlines() == ["S tpm/permanent"]
+    ok("put", filled, "tpm/permanent", input=data[:-1] + b"!")  # same size, one byte differs
+    r = run("diff", filled, "a")
+    assert r.exit_code == 1 and r.output.splitlines() == ["M tpm/permanent"]
 
 
 # -- compact ------------------------------------------------------------------------------------------------
@@ -669,7 +790,7 @@ def test_compact_refuses_unclean(filled):
         pytest.skip("nvbox.compact is not available")
     _bump_refcount(filled)
     r = run("compact", filled)
-    assert r.exit_code == 1 and error_line(r).startswith("nvbox: error: usage.argument: ")
+    assert r.exit_code == 1 and error_line(r).startswith("nvbox: error: image.not_clean: ")
 
 
 # -- help -------------------------------------------------------------------------------------------------

@@ -9,12 +9,14 @@ key options, output formats, the ``image_command`` decorator) is in
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 import nvbox
 
 from .blobs import create, get, info, ls, put, rm
-from .common import CONTEXT, human_size, load_key
+from .common import CONTEXT, emit_error, human_size, load_key
 from .dump import dump, dump_image
 from .keys import key
 from .maintenance import check, compact, map_command
@@ -25,7 +27,43 @@ from .transfer import collect_files, export, import_
 __all__ = ["cli", "collect_files", "dump_image", "human_size", "load_key", "main", "measure_paths"]
 
 
-@click.group(context_settings=CONTEXT, help="""\
+def _wants_json(args) -> bool:
+    """Whether the command line asks for --output json (usage errors are found
+    before the command's options are parsed)."""
+    args = list(args)
+    return any(a == "--output=json" or (a == "--output" and args[i + 1:i + 2] == ["json"])
+               for i, a in enumerate(args))
+
+
+class _Command(click.Group):
+    """The group, reporting usage errors as every other error: one line
+    ``nvbox: error: usage.argument: ...`` (or the JSON document) and exit 1,
+    as qemu-img does, instead of click's usage text and exit 2 (which ``check``
+    uses for corruption)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = sys.argv[1:] if args is None else list(args)
+        try:
+            status = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help(), err=True)        # bare 'nvbox': the help, as a usage error
+            status = 1
+        except click.ClickException as exc:
+            message = exc.format_message()
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                message = f"{exc.ctx.command_path}: {message} (see '{exc.ctx.command_path} --help')"
+            emit_error("usage.argument", message, "json" if _wants_json(argv) else "human")
+            status = 1
+        except click.exceptions.Abort:
+            emit_error("interrupted", "interrupted", "json" if _wants_json(argv) else "human")
+            status = 130
+        status = status if isinstance(status, int) else 0
+        if standalone_mode:
+            sys.exit(status)
+        return status
+
+
+@click.group(cls=_Command, context_settings=CONTEXT, help="""\
 Create, inspect, check and change nvbox images: containers of named device-state
 blobs (TPM state, NIC EEPROM, VPD, UEFI variables) with snapshots, checksums and
 atomic commits.
@@ -40,8 +78,11 @@ Examples:
   nvbox check vm.nvbox            # exit 0 clean, 2 corrupt, 3 leaks
   nvbox info --output json vm.nvbox
 
-Errors print one line, 'nvbox: error: <code>: <message>', and exit 1 (check uses
-the qemu-img check exit codes).  Keys are never given on the command line: use
+Errors, usage errors included, print one line 'nvbox: error: <code>: <message>'
+(with --output json the document {"error": {"code", "message"}} on stdout) and
+exit 1; check uses the qemu-img check exit codes (0 clean, 2 corrupt, 3 leaks,
+1 could not check, 63 unsupported features) and diff exits 1 when the states
+differ.  -o FILE always names an output file; --output is always the format.  Keys are never given on the command line: use
 --key-file FILE, --passphrase-file FILE or the NVBOX_PASSPHRASE variable.""")
 @click.version_option(nvbox.__version__, "--version", prog_name="nvbox")
 def cli():
@@ -55,6 +96,11 @@ for _command in (create, put, get, rm, ls, info, check, compact, map_command, im
 # -- commands of other packages ---------------------------------------------------------------
 # Each adds one line here: cli.add_command(<click command>), imported from its package
 # (the live servers in nvbox.live: mount/umount, serve).
+from ..live.commands import mount, umount  # noqa: E402 - after the group: commands.py imports cli.common
+cli.add_command(mount)
+cli.add_command(umount)
+from ..live.serve import serve  # noqa: E402 - after the group: serve.py imports cli.common
+cli.add_command(serve)
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,8 @@ import click
 import nvbox
 
 from .. import _format as fmt
-from ..errors import raise_code
+from ..errors import NvboxError, raise_code
+from ..probe import NEEDS_KEY, probe
 from .common import CONTEXT, emit_json, format_time, human_size, image_command, table
 
 __all__ = ["create", "get", "info", "ls", "put", "rm"]
@@ -122,17 +123,19 @@ def _entries(img, snapshot):
 @click.command(context_settings=CONTEXT, help="""\
 List the blobs (of the active state, or of snapshot NAME).  -l adds the size and
 how each blob is stored: inline in its directory entry, or in clusters through a
-cluster map of the given depth.
+cluster map of the given depth.  Sizes are rounded (5.9 KiB) unless --bytes is
+given; --output json always gives exact byte counts.
 
 \b
 Examples:
   nvbox ls vm.nvbox
-  nvbox ls -l vm.nvbox --snapshot before-upgrade
+  nvbox ls -l --bytes vm.nvbox --snapshot before-upgrade
   nvbox ls --output json vm.nvbox""")
 @image_command(output=True)
 @click.option("-l", "long", is_flag=True, help="Long listing: size and storage.")
+@click.option("--bytes", "exact", is_flag=True, help="With -l, sizes in exact bytes.")
 @click.option("--snapshot", metavar="NAME", help="List snapshot NAME's blobs.")
-def ls(image, long, snapshot, output):
+def ls(image, long, exact, snapshot, output):
     with image.open("r") as img:
         entries = _entries(img, snapshot)
     if output == "json":
@@ -143,17 +146,20 @@ def ls(image, long, snapshot, output):
         for e in entries:
             click.echo(e.name)
         return
-    rows = [[human_size(e.size), "inline" if e.inline else f"clusters, depth {e.depth}", e.name] for e in entries]
+    size = (lambda n: n) if exact else human_size
+    rows = [[size(e.size), "inline" if e.inline else f"clusters, depth {e.depth}", e.name] for e in entries]
     if rows:
         for line in table(rows, ["SIZE", "STORAGE", "NAME"]):
             click.echo(line)
     total = sum(e.size for e in entries)
-    click.echo(f"{len(entries)} blob{'s' if len(entries) != 1 else ''}, {human_size(total)}")
+    click.echo(f"{len(entries)} blob{'s' if len(entries) != 1 else ''}, {size(total)}{' bytes' if exact else ''}")
 
 
 @click.command(context_settings=CONTEXT, help="""\
 Show what the image is: format, cluster size, capacity, size, generation, blob and
-snapshot counts, encryption, feature bits, creator.  The generation can be kept
+snapshot counts, encryption and key slots, feature bits, creator.  An encrypted
+image without a key still shows what its plaintext header and commit slots say
+(unauthenticated), and lists what needs the key.  The generation can be kept
 outside the image to detect a rollback of the whole file (spec 10.3).
 
 \b
@@ -162,9 +168,19 @@ Examples:
   nvbox info --output json vm.nvbox""")
 @image_command(output=True)
 def info(image, output):
-    with image.open("r") as img:
-        doc = img.info()
-        doc["file_size"] = img.dev.size()
+    try:
+        with image.open("r") as img:
+            doc = img.info()
+            doc["file_size"] = img.dev.size()
+            if doc["encrypted"]:
+                doc["key_slots"] = [s["kind"] for s in img.key_slots.list()]
+    except NvboxError as exc:
+        if exc.code != "key.missing":
+            raise
+        # Locked: what the plaintext header and slots say, as qemu-img info shows a
+        # LUKS image's geometry without its secret.
+        doc = probe(image.path)
+        doc["needs_key"] = list(NEEDS_KEY)
     if output == "json":
         emit_json(doc)
         return
@@ -181,7 +197,7 @@ def info(image, output):
         ("image size", f"{human_size(doc['image_size'])} ({doc['image_clusters']} clusters)"),
         ("disk size", human_size(doc["file_size"])),
         ("used", f"{human_size(doc['used_clusters'] * cs)} ({doc['used_clusters']} clusters, "
-                 f"{doc['free_clusters']} free)"),
+                 f"{doc['free_clusters']} free)" if "used_clusters" in doc else "- (needs the key)"),
         ("blobs", str(doc["blob_count"])),
         ("snapshots", str(doc["snapshot_count"])),
         ("encrypted", "yes (AES-256-GCM)" if doc["encrypted"] else "no"),
@@ -193,6 +209,11 @@ def info(image, output):
                      f"0x{doc['compatible_features']:x}, autoclear 0x{doc['autoclear_features']:x}"),
         ("tree depths", f"directory {doc['dir_depth']}, refcount {doc['refcount_depth']}"),
     ]
+    if doc.get("key_slots") is not None:
+        lines.append(("key slots", f"{len(doc['key_slots'])} in use ({', '.join(doc['key_slots'])})"))
+    if "needs_key" in doc:
+        lines.append(("locked", "no key given; the values above are unauthenticated.  Needs the key: "
+                                + ", ".join(doc["needs_key"])))
     if creator is not None:
         lines.append(("creator", creator))
     others = [e for e in doc["extensions"] if e["type"] != fmt.EXT_CREATOR]

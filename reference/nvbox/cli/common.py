@@ -223,27 +223,44 @@ def table(rows, header) -> list[str]:
 
 
 class Progress:
-    """click.progressbar on stderr, only when stderr is a terminal and the image is large."""
+    """A progress bar on stderr, shown only when stderr is a terminal and the work
+    is ``large`` (worth waiting for).  Call it with ``(done, total)`` as the work
+    goes on; the bar's length is ``total`` given here (an operation that reports
+    against a larger total, as check does against every cluster while it visits
+    only the used ones, still moves), and leaving the ``with`` block after the
+    work succeeded fills it to 100%."""
 
-    THRESHOLD = 16384  # clusters
-
-    def __init__(self, total, label):
+    def __init__(self, total, label, large=True):
         self.bar = None
+        self.total = max(int(total), 1)
         self.done = 0
         try:
             tty = sys.stderr.isatty()
         except (AttributeError, ValueError):
             tty = False
-        if tty and total >= self.THRESHOLD:
-            self.bar = click.progressbar(length=total, label=label, file=sys.stderr)
-            self.bar.__enter__()
+        if tty and large:
+            self.bar = click.progressbar(length=self.total, label=label, file=sys.stderr)
 
-    def __call__(self, done, total):
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __call__(self, done, total=None):
+        done = min(int(done), self.total)
         if self.bar is not None and done > self.done:
             self.bar.update(done - self.done)
-            self.done = done
+        self.done = max(self.done, done)
 
-    def close(self):
+    def __exit__(self, exc_type, exc, tb):
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            if exc_type is None:
+                self(self.total)
+            self.bar.__exit__(exc_type, exc, tb)
             self.bar = None
+        return False
+
+
+# Work below these sizes ends before a bar would be worth drawing.
+PROGRESS_CLUSTERS = 4096
+PROGRESS_BYTES = 4 << 20

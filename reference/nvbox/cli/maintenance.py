@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import click
 
+from .. import _format as fmt
 from ..check import check_image, repair_image
-from ..clustermap import cluster_map, render_png
+from ..clustermap import cluster_map
 from ..compact import compact_image
-from ..errors import NvboxError
-from .common import (CONTEXT, EXIT_CORRUPT, EXIT_FAILED, EXIT_UNSUPPORTED, Progress, emit_json, human_size,
-                     image_command)
+from ..errors import NvboxError, error_class
+from ..mappicture import render_png
+from ..probe import signature
+from .common import (CONTEXT, EXIT_CORRUPT, EXIT_FAILED, EXIT_UNSUPPORTED, PROGRESS_CLUSTERS, Progress, emit_json,
+                     human_size, image_command, table)
 
 __all__ = ["check", "compact", "map_command"]
 
@@ -72,35 +75,35 @@ def check(image, repair, output):
     except NvboxError as exc:
         if exc.kind not in ("corrupt", "unsupported"):
             raise
+        if exc.code == "header.magic" and not _has_signature(image.path):
+            # Not a damaged nvbox image but some other file: qemu-img's "format does
+            # not support checks", the check could not be done.
+            raise error_class("header.magic")(f"{image.path} is not an nvbox image (no nvbox signature in its "
+                                              "header or commit slots): nothing to check") from None
         code = _check_exit(exc.kind)
         if output == "json":
             emit_json({"verdict": "corrupt" if exc.kind == "corrupt" else "unsupported", "opened": False,
-                   "error": exc.to_json(),
-                   "corruptions": [exc.to_json()] if exc.kind == "corrupt" else [],
-                   "refcount_errors": [], "leaks": [], "leaked_clusters": 0, "clusters_checked": 0,
-                   "image_clusters": None, "repaired": [], "exit_code": code})
+                       "error": exc.to_json(),
+                       "corruptions": [exc.to_json()] if exc.kind == "corrupt" else [],
+                       "refcount_errors": [], "leaks": [], "leaked_clusters": 0, "clusters_checked": 0,
+                       "image_clusters": None, "repaired": [], "exit_code": code})
         else:
             click.echo(f"nvbox: error: {exc.code}: {exc.message}", err=True)
             if exc.kind == "corrupt":
                 click.echo("The image cannot be opened: it is corrupt.")
         raise click.exceptions.Exit(code)
     with img:
-        progress = Progress(img.slot.image_clusters, "checking")
-        try:
-            result = check_image(img, progress)
-            doc_before = result.to_json()
-            refused = None
-            if repair and not result.corruptions:
-                fixed = repair_image(img, repair, progress)
-                repaired = fixed.repaired
-                result = check_image(img, progress) if repaired else result
-            elif repair:
-                repaired = []
-                refused = "structural corruption: a repair would risk data, nothing was changed"
-            else:
-                repaired = []
-        finally:
-            progress.close()
+        result = _checked(img, "checking")
+        doc_before = result.to_json()
+        refused = None
+        repaired = []
+        if repair and not result.corruptions:
+            with _progress(img, "repairing") as progress:
+                repaired = repair_image(img, repair, progress).repaired
+            if repaired:
+                result = _checked(img, "checking again")
+        elif repair:
+            refused = "structural corruption: a repair would risk data, nothing was changed"
     doc = result.to_json()
     doc["repaired"] = repaired
     doc["exit_code"] = result.exit_code
@@ -114,6 +117,26 @@ def check(image, repair, output):
     else:
         _print_check(doc)
     raise click.exceptions.Exit(result.exit_code)
+
+
+def _has_signature(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return signature(f.read(fmt.HEADER_AREA))
+    except OSError:
+        return False
+
+
+def _progress(img, label) -> Progress:
+    """A bar over the clusters a walk visits: the used ones (check reports
+    against every cluster of the image, most of them free in a sparse image)."""
+    used = img.info()["used_clusters"]
+    return Progress(used, label, large=used >= PROGRESS_CLUSTERS)
+
+
+def _checked(img, label):
+    with _progress(img, label) as progress:
+        return check_image(img, progress)
 
 
 # -- compact ---------------------------------------------------------------------------------
@@ -130,11 +153,9 @@ Examples:
 @image_command(output=True)
 def compact(image, output):
     with image.open("rw") as img:
-        progress = Progress(img.slot.image_clusters, "compacting")
-        try:
-            result = compact_image(img)
-        finally:
-            progress.close()
+        # compact reports passes done of at most N: the bar counts passes.
+        with Progress(1 << 16, "compacting", large=img.slot.image_clusters >= PROGRESS_CLUSTERS) as bar:
+            result = compact_image(img, lambda done, total: bar((done << 16) // total if total else 0))
     if output == "json":
         emit_json(result)
     else:
@@ -146,30 +167,58 @@ def compact(image, output):
 # -- map ------------------------------------------------------------------------------------
 
 @click.command("map", context_settings=CONTEXT, help="""\
-A picture of the image's clusters, coloured by what holds them: header area,
-refcount tree, directory, snapshot table, key slots, each blob, clusters only
-snapshots hold, and free space; hatched cells are shared (count > 1).  With
--o FILE.png it draws a grid (needs matplotlib); --output json prints the same
-classification as runs of clusters.
+What holds each cluster of the image: header area, refcount tree, directory,
+snapshot table, key slots, each blob, clusters only snapshots hold, and free
+space.  Without -o it prints an extent table, one line per run of clusters with
+the same owner, like qemu-img map: START and LENGTH in bytes, the cluster range,
+and WHAT holds it ('shared' when a snapshot holds it too); --output json gives
+the runs as JSON.
+
+\b
+With -o FILE it draws a PNG grid instead, one cell per cluster, coloured by
+owner (shared cells striped), with a legend.  The picture needs matplotlib:
+pip install 'nvbox[map]'.
+
+\b
+-o means the output file in every command (get, map); --output is always the
+format of what is printed.
 
 \b
 Examples:
-  nvbox map vm.nvbox -o map.png
-  nvbox map --output json vm.nvbox""")
+  nvbox map vm.nvbox
+  nvbox map --output json vm.nvbox
+  nvbox map -o map.png vm.nvbox""")
 @image_command(output=True)
-@click.option("-o", "png", type=click.Path(dir_okay=False), help="Write a PNG picture to this file.")
-@click.option("--columns", default=64, show_default=True, help="Clusters per row in the picture.")
-def map_command(image, png, columns, output):
+@click.option("-o", "--output-file", "output_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write a PNG picture to FILE.")
+@click.option("--columns", type=click.IntRange(1, 4096), default=None,
+              help="Clusters per row in the picture (default: a square grid, 64 to 512).")
+def map_command(image, output_file, columns, output):
     with image.open("r") as img:
-        description = cluster_map(img)
-    if png:
-        render_png(description, png, columns)
+        with _progress(img, "mapping") as progress:
+            description = cluster_map(img, progress)
+    cs = description["cluster_size"]
+    if output_file:
+        grid = render_png(description, output_file, columns)
+        if output == "json":
+            emit_json({"picture": output_file, **grid, "image_clusters": description["image_clusters"]})
+        else:
+            click.echo(f"Picture of {description['image_clusters']} clusters written to {output_file} "
+                       f"({grid['columns']} per row).")
+        return
     if output == "json":
+        for r in description["runs"]:
+            r["offset"], r["bytes"] = r["start"] * cs, r["length"] * cs
         emit_json(description)
         return
+    rows = []
+    for r in description["runs"]:
+        what = r["category"] if r["owner"] is None else f"{r['category']} {r['owner']}"
+        rows.append([f"0x{r['start'] * cs:x}", r["length"] * cs,
+                     f"{r['start']}-{r['start'] + r['length'] - 1}", what + (" (shared)" if r["shared"] else "")])
+    for line in table(rows, ["START", "LENGTH", "CLUSTERS", "WHAT"]):
+        click.echo(line)
     totals = description["totals"]
-    click.echo(f"{description['image_clusters']} clusters of {human_size(description['cluster_size'])}: "
+    click.echo(f"{description['image_clusters']} clusters of {human_size(cs)}: "
                + ", ".join(f"{k} {v}" for k, v in sorted(totals.items()))
                + f"; {description['shared_clusters']} shared, {description['fragments']} blob extents")
-    if png:
-        click.echo(f"Picture written to {png}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..snapshots import diff as snapshot_diff
+from ..compare import compare
+from ..live.control import snapshot_op as live_or_local   # a mounted or served image: its live session
 from .common import CONTEXT, emit_json, format_time, human_size, image_command, read_file, table
 
 __all__ = ["diff", "snapshot"]
@@ -40,8 +41,7 @@ Example:
 @click.argument("name")
 def snapshot_create(image, name, metadata_file):
     metadata = read_file(metadata_file) if metadata_file else None
-    with image.open("rw") as img:
-        img.snapshots.create(name, metadata=metadata)
+    live_or_local(lambda: image.open("rw"), image.path, "create", name=name, metadata=metadata)
 
 
 @snapshot.command("list", context_settings=CONTEXT, help="""\
@@ -77,8 +77,7 @@ Example:
 @image_command()
 @click.argument("name")
 def snapshot_revert(image, name):
-    with image.open("rw") as img:
-        img.snapshots.revert(name)
+    live_or_local(lambda: image.open("rw"), image.path, "revert", name=name)
 
 
 @snapshot.command("delete", context_settings=CONTEXT, help="""\
@@ -90,8 +89,7 @@ Example:
 @image_command()
 @click.argument("name")
 def snapshot_delete(image, name):
-    with image.open("rw") as img:
-        img.snapshots.delete(name)
+    live_or_local(lambda: image.open("rw"), image.path, "delete", name=name)
 
 
 @snapshot.command("rename", context_settings=CONTEXT, help="""\
@@ -104,37 +102,47 @@ Example:
 @click.argument("name")
 @click.argument("new")
 def snapshot_rename(image, name, new):
-    with image.open("rw") as img:
-        img.snapshots.rename(name, new)
+    live_or_local(lambda: image.open("rw"), image.path, "rename", old=name, new=new)
 
 
 # -- diff -----------------------------------------------------------------------------------
 
+EXIT_SAME, EXIT_DIFFERENT, EXIT_DIFF_FAILED = 0, 1, 2     # as qemu-img compare
+
+
 @click.command(context_settings=CONTEXT, help="""\
-Blobs added, removed and changed from snapshot A to snapshot B, or to the active
-state when B is not given.  Human output: '+ name' added, '- name' removed,
-'M name' changed.  Shared subtrees are skipped unread, so the cost follows the
-difference.
+Blobs added, removed and changed (in content: size or bytes) from snapshot A to
+snapshot B, or to the active state when B is not given.  Human output: '+ name'
+added, '- name' removed, 'M name' changed; with --storage also 'S name' for a
+blob whose content is equal but whose storage differs (re-written with the same
+bytes).  Subtrees and blobs the two states share are skipped unread; only blobs
+stored differently are read and compared.
+
+\b
+Exit status, as qemu-img compare: 0 the states are equal (with --storage: also
+in storage), 1 they differ, 2 the comparison could not be made.
 
 \b
 Examples:
   nvbox diff vm.nvbox before-upgrade
-  nvbox diff --output json vm.nvbox before-upgrade after-upgrade""")
-@image_command(output=True)
+  nvbox diff --output json vm.nvbox before-upgrade after-upgrade
+  nvbox diff vm.nvbox before-upgrade && echo unchanged""")
+@image_command(output=True, exit_for=lambda kind: EXIT_DIFF_FAILED)
+@click.option("--storage", is_flag=True, help="Also report (and count as a difference) blobs stored differently "
+                                              "with equal content.")
 @click.argument("a")
 @click.argument("b", required=False)
-def diff(image, a, b, output):
-
+def diff(image, a, b, storage, output):
     with image.open("r") as img:
-        result = snapshot_diff(img, a, b)
+        result = compare(img, a, b)
+    different = not result["equal"] or (storage and bool(result["rewritten"]))
     if output == "json":
         emit_json({"a": a, "b": b, **result})
-        return
-    lines = ([("+", n) for n in result["added"]] + [("-", n) for n in result["removed"]]
-             + [("M", n) for n in result["changed"]])
-    for mark, n in sorted(lines, key=lambda x: x[1]):
-        click.echo(f"{mark} {n}")
-    if not lines:
-        click.echo("No differences.")
-
-
+    else:
+        marks = ([("+", n) for n in result["added"]] + [("-", n) for n in result["removed"]]
+                 + [("M", n) for n in result["changed"]] + ([("S", n) for n in result["rewritten"]] if storage else []))
+        for mark, n in sorted(marks, key=lambda x: x[1].encode("utf-8")):
+            click.echo(f"{mark} {n}")
+        if not marks:
+            click.echo("No differences.")
+    raise click.exceptions.Exit(EXIT_DIFFERENT if different else EXIT_SAME)

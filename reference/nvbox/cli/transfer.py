@@ -1,4 +1,6 @@
-"""Commands between an image and a directory of files: import, export."""
+"""Commands between an image and a directory of files: import, export.
+
+The work is ``nvbox.transfer``'s; this module parses options and prints."""
 
 from __future__ import annotations
 
@@ -6,110 +8,122 @@ import os
 
 import click
 
-from ..errors import raise_code
-from .common import CONTEXT, emit_json, human_size, image_command, read_file
+from ..transfer import DEFAULT_EXCLUDES, collect_files, export_blobs, import_files
+from .common import CONTEXT, PROGRESS_BYTES, Progress, emit_error, emit_json, human_size, image_command
 
-__all__ = ["collect_files", "export", "import_"]
+__all__ = ["collect_files", "exclude_options", "excludes", "export", "import_"]
 
-
-# -- import / export -----------------------------------------------------------------------
-
-def collect_files(paths) -> list[tuple[str, str]]:
-    """(blob name, file path) for FILE and DIR arguments, sorted by name.
-
-    A FILE becomes a blob named by its base name; a DIR contributes every regular
-    file below it, named by its path relative to DIR with '/' separators.
-    """
-    out: dict[str, str] = {}
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for fname in sorted(files):
-                    full = os.path.join(root, fname)
-                    if not os.path.isfile(full):
-                        continue
-                    rel = os.path.relpath(full, p).replace(os.sep, "/")
-                    _add_name(out, rel, full)
-        elif os.path.exists(p):
-            _add_name(out, os.path.basename(os.path.normpath(p)), p)
-        else:
-            raise FileNotFoundError(2, "No such file or directory", p)
-    return sorted(out.items(), key=lambda kv: kv[0].encode("utf-8", "surrogateescape"))
+_DEFAULTS_TEXT = ", ".join(f"'{p}'" for p in DEFAULT_EXCLUDES)
 
 
-def _add_name(out, name, path):
-    if name in out:
-        raise_code("usage.argument", f"two files would become blob {name!r}: {out[name]} and {path}")
-    out[name] = path
+def exclude_options(fn):
+    fn = click.option("--no-default-excludes", is_flag=True,
+                      help=f"Do not leave out the default patterns ({_DEFAULTS_TEXT}).")(fn)
+    fn = click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+                      help="Leave out files whose relative path or base name matches GLOB (repeatable).")(fn)
+    return fn
 
 
-@click.command("import", context_settings=CONTEXT, help="""\
+def excludes(exclude, no_default_excludes) -> tuple:
+    return tuple(exclude) + (() if no_default_excludes else DEFAULT_EXCLUDES)
+
+
+def _plural(n, word):
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+@click.command("import", context_settings=CONTEXT, help=f"""\
 Store every regular file below DIR as a blob named by its path relative to DIR
 ('/' separated), replacing blobs of the same name, in one atomic commit.  Other
-blobs are left alone.
+blobs are left alone.  A blob whose content equals its file's is not rewritten,
+so a re-import writes only what changed (and a snapshot keeps sharing the
+rest); with nothing changed there is no commit.
+
+\b
+Left out by default (matched against the relative path and the base name):
+  {_DEFAULTS_TEXT}
+(swtpm's lock file, editor backups, swap and autosave files, export's
+temporary files); --exclude adds patterns, --no-default-excludes drops these.
 
 \b
 Examples:
-  nvbox import vm.nvbox state/      # state/tpm/permanent -> blob tpm/permanent""")
+  nvbox import vm.nvbox state/      # state/tpm/permanent -> blob tpm/permanent
+  nvbox import --exclude '*.log' vm.nvbox /var/lib/swtpm/vm1""")
 @image_command(output=True)
+@exclude_options
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, exists=True))
-def import_(image, directory, output):
-    files = collect_files([directory])
-    total = 0
+def import_(image, directory, output, exclude, no_default_excludes):
+    files = collect_files([directory], excludes(exclude, no_default_excludes))
     with image.open("rw") as img:
-        with img.transaction():
-            for name, path in files:
-                data = read_file(path)
-                total += len(data)
-                img[name] = data
+        total = sum(os.path.getsize(p) for _, p in files)
+        with Progress(total, "importing", large=total >= PROGRESS_BYTES) as progress:
+            result = import_files(img, files, progress)
     if output == "json":
-        emit_json({"imported": len(files), "bytes": total, "blobs": [n for n, _ in files]})
+        emit_json({"imported": len(files), "written": result.written, "unchanged": result.unchanged,
+                   "bytes": result.bytes_total, "bytes_written": result.bytes_written,
+                   "blobs": [n for n, _ in files]})
     else:
-        click.echo(f"Imported {len(files)} blob{'s' if len(files) != 1 else ''} ({human_size(total)}).")
+        click.echo(f"Imported {_plural(len(files), 'blob')} ({human_size(result.bytes_total)}): "
+                   f"{len(result.written)} written ({human_size(result.bytes_written)}), "
+                   f"{len(result.unchanged)} unchanged.")
 
 
-def _export_path(directory, name) -> str:
-    parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts) or "\\" in name and os.sep == "\\":
-        raise_code("usage.argument", f"blob {name!r} cannot be exported as a file path")
-    return os.path.join(directory, *parts)
+def _mode(value) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an octal mode such as 600 or 640") from None
+    if not 0 <= mode <= 0o777:
+        raise click.BadParameter(f"{value!r} is not a permission mode (000 to 777)")
+    return mode
 
 
 @click.command(context_settings=CONTEXT, help="""\
 Write every blob to a file below DIR named by the blob's name ('/' makes
-subdirectories): the inverse of import.  DIR is created if needed.  Names that
-are not safe relative paths ('..', empty components, a leading '/') are refused
-before anything is written.
+subdirectories): the inverse of import.  DIR is created if needed.  Each file is
+written crash-safely: a temporary file in the same directory, fsync, rename over
+the old file, fsync of the directory; a crash leaves every file with its old or
+its new content.  Files get mode 0600 (--mode to change; directories made get
+the matching search bits), whatever the umask.
+
+\b
+--mirror makes DIR hold exactly the image's (or the snapshot's) blobs: files
+that are not blobs are removed, except those the exclude patterns match (the
+same defaults as import, so swtpm's .lock stays), and directories left empty go.
+Use it to restore a device's state directory, with the device stopped.
+
+\b
+A blob that cannot be exported (damaged, a name that is not a safe path, or a
+name that is also another blob's directory) is reported and the others are
+still written; the exit status is then 1.
 
 \b
 Examples:
   nvbox export vm.nvbox state/
-  nvbox export --snapshot before-upgrade vm.nvbox old-state/""")
+  nvbox export --snapshot before-upgrade --mirror vm.nvbox /var/lib/swtpm/vm1
+  nvbox export --mode 640 vm.nvbox state/""")
 @image_command(output=True)
 @click.option("--snapshot", metavar="NAME", help="Export snapshot NAME's blobs.")
+@click.option("--mirror", is_flag=True, help="Remove files in DIR that are not blobs (see above).")
+@click.option("--mode", "mode", default="600", show_default=True, metavar="OCTAL",
+              help="Permission bits of the files written.")
+@exclude_options
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
-def export(image, directory, snapshot, output):
+def export(image, directory, snapshot, mirror, mode, output, exclude, no_default_excludes):
+    file_mode = _mode(mode)
     with image.open("r") as img:
         source = img.snapshots.view(snapshot) if snapshot is not None else img
-        names = sorted(source.names())
-        paths = {n: _export_path(directory, n) for n in names}
-        as_dirs = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)}
-        clash = sorted(set(names) & as_dirs)
-        if clash:
-            raise_code("usage.argument", f"blob {clash[0]!r} is also a directory of another blob's name")
-        total = 0
-        os.makedirs(directory, exist_ok=True)
-        for n in names:
-            data = source[n]
-            total += len(data)
-            os.makedirs(os.path.dirname(paths[n]), exist_ok=True)
-            with open(paths[n], "wb") as f:
-                f.write(data)
+        total = sum(e.size for e in source.entries())
+        with Progress(total, "exporting", large=total >= PROGRESS_BYTES) as progress:
+            result = export_blobs(source, directory, mirror=mirror, mode=file_mode,
+                                  exclude=excludes(exclude, no_default_excludes), progress=progress)
     if output == "json":
-        emit_json({"exported": len(names), "bytes": total, "blobs": names})
+        emit_json({"exported": len(result.written), "bytes": result.bytes_written, "blobs": result.written,
+                   "removed": result.removed, "failed": result.failed})
     else:
-        click.echo(f"Exported {len(names)} blob{'s' if len(names) != 1 else ''} ({human_size(total)}).")
-
-
+        click.echo(f"Exported {_plural(len(result.written), 'blob')} ({human_size(result.bytes_written)})"
+                   + (f", removed {_plural(len(result.removed), 'path')}" if mirror else "") + ".")
+        for f in result.failed:
+            emit_error(f["code"], f"blob {f['name']!r} not exported: {f['message']}", output)
+    if result.failed:
+        raise click.exceptions.Exit(1)
