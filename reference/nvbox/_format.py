@@ -20,7 +20,7 @@ from typing import NamedTuple
 import crc32c as _crc32c_lib
 
 from . import _der as der
-from .errors import raise_code
+from .errors import NvboxError, raise_code
 
 # -- constants (spec section 1, 3, 4) ---------------------------------------
 
@@ -72,8 +72,254 @@ KIND_DATA, KIND_MAP, KIND_REFBLOCK, KIND_REFINDEX, KIND_DIR, KIND_SNAPDATA = 1, 
 
 _ZEROS = bytes(1 << 16)
 
+# -- layout tables (spec sections 3, 3.1, 4, 6, 9, 10.1) ------------------------
+#
+# One table per fixed byte layout of the spec, row for row as the spec's tables
+# give them: offset, size, name, valid values, error code.  The Structs that
+# encode and decode each structure are built from these tables once, at import;
+# the dumper, the conformance corpus's field mutators, the benchmarks and the
+# spec-table test read the same tables.  Offsets and sizes that depend on other
+# fields are kept as the spec writes them (a string such as "header_length"):
+# such fields are not part of the Struct and their decoders handle them.
 
-def _nonzero(data) -> bool:
+class Field(NamedTuple):
+    """One row of a layout table.
+
+    ``type``: "u" a little-endian unsigned integer, "bytes" a byte string,
+    "pointer" a pointer field (section 6) held as its bytes.  ``valid``: None
+    (any value), an int or bytes (exactly that value; 0 for a byte string means
+    all zero), a ``range``, or a sentence for a rule that involves other fields
+    (the decoder checks it).  ``error``: the code for a value that breaks it.
+    """
+
+    offset: int | str
+    size: int | str
+    name: str
+    type: str = "u"
+    valid: object = None
+    error: str | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return isinstance(self.offset, int) and isinstance(self.size, int)
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+    @property
+    def reserved_zero(self) -> bool:
+        """A field that must be zero and carries nothing (encoders write zeros)."""
+        return self.valid == 0 and not isinstance(self.valid, bool) and self.name.startswith(("reserved", "padding"))
+
+    def accepts(self, value) -> bool:
+        """True unless ``value`` breaks this row's own ``valid`` (rules stated
+        in words, which involve other fields, are the decoder's)."""
+        v = self.valid
+        if v is None or isinstance(v, str):
+            return True
+        if isinstance(v, range):
+            return value in v
+        if v == 0 and not isinstance(value, int):
+            return not _nonzero(value)
+        return value == v
+
+    def check(self, value, message: str | None = None) -> None:
+        if not self.accepts(value):
+            raise_code(self.error, message or f"{self.name} is {value!r}, expected {self.describe()}")
+
+    def describe(self) -> str:
+        v = self.valid
+        if isinstance(v, range):
+            step = f" in steps of {v.step}" if v.step != 1 else ""
+            return f"{v.start}..{v.stop - 1}{step}"
+        if isinstance(v, bytes):
+            return v.hex()
+        return "any value" if v is None else str(v)
+
+
+def _code(f: Field) -> str:
+    if f.type == "u":
+        return {1: "B", 2: "H", 4: "I", 8: "Q"}[f.size]
+    return f"{f.size}s"
+
+
+class Layout:
+    """A structure's table and the Struct of its fixed fields.
+
+    ``struct`` covers every field with a fixed offset and size, in offset
+    order, with pad bytes over the rest (variable parts, the spaces between);
+    ``names`` are the fields it unpacks, in order.  ``record_struct`` is the
+    same with reserved zero fields as pad bytes, for encoders (struct packs pad
+    bytes and short byte strings as zeros)."""
+
+    def __init__(self, name: str, size: int | str, fields):
+        self.name, self.size, self.fields = name, size, tuple(fields)
+        self.by_name = {f.name: f for f in self.fields}
+        fixed = [f for f in self.fields if f.fixed]
+        self.names = tuple(f.name for f in fixed)
+        self.struct = struct.Struct(self._format(fixed, pad_reserved=False))
+        self.record_struct = struct.Struct(self._format(fixed, pad_reserved=True))
+        self.record_names = tuple(f.name for f in fixed if not f.reserved_zero)
+
+    @staticmethod
+    def _format(fixed, pad_reserved: bool) -> str:
+        out, pos = ["<"], 0
+        for f in fixed:
+            if f.offset < pos:
+                raise ValueError(f"field {f.name} overlaps the one before it")
+            if f.offset > pos:
+                out.append(f"{f.offset - pos}x")
+            out.append(f"{f.size}x" if pad_reserved and f.reserved_zero else _code(f))
+            pos = f.end
+        return "".join(out)
+
+    def __getitem__(self, name: str) -> Field:
+        return self.by_name[name]
+
+    def __iter__(self):
+        return iter(self.fields)
+
+    def span(self, name: str) -> slice:
+        """The bytes of a fixed field, as a slice of the structure."""
+        f = self.by_name[name]
+        return slice(f.offset, f.end)
+
+    def unpack(self, raw, base: int = 0) -> dict:
+        """The fixed fields of the structure at ``raw[base:]`` by name (no checks)."""
+        return dict(zip(self.names, self.struct.unpack_from(raw, base)))
+
+
+def _u(offset, size, name, valid=None, error=None):
+    return Field(offset, size, name, "u", valid, error)
+
+
+def _b(offset, size, name, valid=None, error=None):
+    return Field(offset, size, name, "bytes", valid, error)
+
+
+def _p(offset, size, name, valid=None, error=None):
+    return Field(offset, size, name, "pointer", valid, error)
+
+
+HEADER = Layout("header", SECTOR, [
+    _b(0, 8, "magic", MAGIC, "header.magic"),
+    _u(8, 4, "version", VERSION, "header.version"),
+    _u(12, 4, "header_length", range(HEADER_LENGTH, 505, 8), "header.field"),
+    _u(16, 1, "cluster_bits", range(MIN_CLUSTER_BITS, MAX_CLUSTER_BITS + 1), "header.cluster_size"),
+    _u(17, 1, "refcount_order", REFCOUNT_ORDER, "header.field"),
+    _u(18, 2, "reserved0", 0, "header.field"),
+    _u(20, 4, "header_flags", 0, "header.field"),
+    _b(24, 16, "image_uuid"),
+    _u(40, 8, "capacity_clusters", "0, or header_clusters + 2 .. 2^40", "header.field"),
+    _u(48, 8, "create_time"),
+    _b(56, "header_length - 56", "reserved1", 0, "header.field"),
+    _b("header_length", "...", "extensions", "extension records, then the end record", "header.extension"),
+    _u(508, 4, "header_crc", "CRC-32C of bytes 0-507", "header.checksum"),
+])
+
+EXTENSION = Layout("header_extension", "8 + ext_length, padded to 8", [
+    _u(0, 2, "ext_type", None, "header.extension_required"),
+    _u(2, 2, "ext_flags", range(0, EXT_REQUIRED + 1), "header.extension"),
+    _u(4, 4, "ext_length", "the record and its padding end before byte 500", "header.extension"),
+    _b(8, "ext_length", "ext_data", "then zero padding to a multiple of 8", "header.extension"),
+])
+
+SLOT = Layout("commit_slot", SECTOR, [
+    _b(0, 8, "slot_magic", SLOT_MAGIC, "slot.none_valid"),
+    _u(8, 8, "generation", ">= 1, odd in slot A and even in slot B", "slot.none_valid"),
+    _u(16, 8, "incompatible_features", "no bit unknown to the reader", "feature.incompatible"),
+    _u(24, 8, "compatible_features"),
+    _u(32, 8, "autoclear_features"),
+    _u(40, 8, "image_clusters", "header_clusters + 1 .. 2^40, <= capacity_clusters when set", "slot.field"),
+    _u(48, 8, "blob_count"),
+    _u(56, 8, "next_snapshot_id", range(1, 1 << 64), "slot.field"),
+    _u(64, 8, "commit_time"),
+    _u(72, 1, "refcount_depth", range(1, MAX_REFCOUNT_DEPTH + 1), "slot.field"),
+    _u(73, 1, "dir_depth", range(0, MAX_DIR_DEPTH + 1), "slot.field"),
+    _u(74, 1, "snaptable_depth", "the map depth of snaptable_size", "slot.field"),
+    _u(75, 1, "reserved0", 0, "slot.field"),
+    _u(76, 4, "snapshot_count", range(0, MAX_SNAPSHOTS + 1), "slot.field"),
+    _u(80, 8, "snaptable_size", range(0, MAX_SNAPTABLE + 1), "slot.field"),
+    _p(88, POINTER_FIELD, "refcount_root", "never null", "slot.field"),
+    _p(128, POINTER_FIELD, "dir_root", "null iff dir_depth is 0", "slot.field"),
+    _p(168, POINTER_FIELD, "snaptable_root", "null iff snaptable_size is 0", "slot.field"),
+    _p(208, POINTER_FIELD, "keyslots", "a plain pointer, non-null iff the image is encrypted", "slot.field"),
+    _u(248, 8, "alloc_hint", "<= image_clusters", "slot.field"),
+    _b(256, 220, "reserved1", 0, "slot.field"),
+    _b(476, 32, "slot_mac", "HMAC-SHA-256 of bytes 0-475 when encrypted, else 0", "slot.field"),
+    _u(508, 4, "slot_crc", "CRC-32C of bytes 0-507", "slot.none_valid"),
+])
+
+PLAIN_POINTER_LAYOUT = Layout("pointer", PLAIN_POINTER, [
+    _u(0, 8, "offset", "0 (null), or cluster-aligned past the header area and inside the image",
+       "pointer.out_of_range"),
+    _u(8, 4, "crc", "CRC-32C of the cluster as stored", "cluster.checksum"),
+    _u(12, 4, "reserved", 0, "pointer.reserved"),
+])
+
+ENCRYPTED_POINTER_LAYOUT = Layout("pointer", ENCRYPTED_POINTER, [
+    _u(0, 8, "offset", "0 (null), or cluster-aligned past the header area and inside the image",
+       "pointer.out_of_range"),
+    _u(8, 4, "crc", "CRC-32C of the ciphertext as stored", "cluster.checksum"),
+    _b(12, 12, "nonce", "the AES-GCM nonce of the cluster", "cluster.auth"),
+    _b(24, 16, "tag", "the AES-GCM tag of the cluster", "cluster.auth"),
+])
+
+DIR_NODE = Layout("dir_node", "cluster_size", [
+    _b(0, 4, "node_magic", DIR_MAGIC, "directory.node"),
+    _u(4, 1, "level", "dir_depth - 1 at the root, one less than the parent below", "directory.depth"),
+    _u(5, 1, "reserved0", 0, "directory.node"),
+    _u(6, 2, "count", range(1, MAX_NODE_ITEMS + 1), "directory.node"),
+    _u(8, 4, "body_length", "<= cluster_size - 16", "directory.node"),
+    _u(12, 4, "reserved1", 0, "directory.node"),
+    _b(DIR_NODE_HEADER, "body_length", "body", "one DER value with count elements", "der.malformed"),
+    _b("16 + body_length", "rest", "padding", 0, "directory.node"),
+])
+
+KEYSLOT_TABLE = Layout("keyslot_table", "cluster_size", [
+    _b(0, 4, "ks_magic", KEYSLOT_MAGIC, "key.slot_damaged"),
+    _u(4, 2, "ks_version", 1, "key.slot_damaged"),
+    _u(6, 2, "num_slots", NUM_KEYSLOTS, "key.slot_damaged"),
+    _u(8, 4, "cipher", 1, "key.slot_damaged"),
+    _b(12, 20, "reserved", 0, "key.slot_damaged"),
+    _b(32, KEYSLOT_SIZE * NUM_KEYSLOTS, "slots", "key slots, at least one in use", "key.slot_damaged"),
+    _b(32 + KEYSLOT_SIZE * NUM_KEYSLOTS, "rest", "padding", 0, "key.slot_damaged"),
+])
+
+KEYSLOT = Layout("key_slot", KEYSLOT_SIZE, [
+    _u(0, 1, "kind", range(0, 4), "key.slot_damaged"),
+    _b(1, 3, "reserved", 0, "key.slot_damaged"),
+    _u(4, 4, "kdf_time", "per kind (section 10.1)", "key.slot_damaged"),
+    _u(8, 4, "kdf_memory", "per kind (section 10.1)", "key.slot_damaged"),
+    _u(12, 4, "kdf_lanes", "per kind (section 10.1)", "key.slot_damaged"),
+    _b(16, 16, "salt"),
+    _b(32, 12, "nonce"),
+    _b(44, 32, "wrapped_key"),
+    _b(76, 16, "wrap_tag"),
+    _u(92, 4, "reserved2", 0, "key.slot_damaged"),
+])
+
+#: Every layout table, by the name the spec-table test and the dumper use.
+LAYOUTS = {t.name if t is not ENCRYPTED_POINTER_LAYOUT else "encrypted_pointer": t
+           for t in (HEADER, EXTENSION, SLOT, PLAIN_POINTER_LAYOUT, ENCRYPTED_POINTER_LAYOUT, DIR_NODE,
+                     KEYSLOT_TABLE, KEYSLOT)}
+
+
+def pointer_layout(width: int) -> Layout:
+    return PLAIN_POINTER_LAYOUT if width == PLAIN_POINTER else ENCRYPTED_POINTER_LAYOUT
+
+
+def slot_generation(raw, base: int = 0) -> int:
+    """The generation field of the commit slot at ``raw[base:]``."""
+    return _GENERATION.unpack_from(raw, base + SLOT["generation"].offset)[0]
+
+
+_GENERATION = struct.Struct("<Q")
+
+
+
+def nonzero(data) -> bool:
     """True when ``data`` holds a byte other than zero.
 
     ``_ZEROS.startswith(chunk)`` is one memcmp without a copy: about 0.1 us for
@@ -83,6 +329,9 @@ def _nonzero(data) -> bool:
     if len(data) <= step:
         return not _ZEROS.startswith(data)
     return any(not _ZEROS.startswith(data[i:i + step]) for i in range(0, len(data), step))
+
+
+_nonzero = nonzero
 
 
 # CRC-32C (Castagnoli) of any buffer (bytes, bytearray, memoryview), in hardware
@@ -205,16 +454,21 @@ def decode_pointer(raw, width: int) -> Pointer:
     """Decode a pointer's bytes; checks R-ptr-2 rule 1 (the rest needs the geometry)."""
     if len(raw) < width:
         raise_code("image.truncated", f"a pointer needs {width} bytes, got {len(raw)}")
-    offset, crc = struct.unpack_from("<QI", raw, 0)
-    if offset == 0:
+    if width == PLAIN_POINTER:
+        offset, crc, reserved = _PLAIN_POINTER.unpack_from(raw)
+        if offset == 0:
+            if crc or reserved:
+                raise_code("pointer.reserved", "a null pointer has non-zero bytes")
+            return NULL
+        if reserved:
+            raise_code("pointer.reserved", "a plain pointer's reserved bytes are not zero")
+        return Pointer(offset, crc)
+    ptr = new_pointer(_ENCRYPTED_POINTER.unpack_from(raw))
+    if ptr.offset == 0:
         if _nonzero(raw[:width]):
             raise_code("pointer.reserved", "a null pointer has non-zero bytes")
         return NULL
-    if width == PLAIN_POINTER:
-        if struct.unpack_from("<I", raw, 12)[0]:
-            raise_code("pointer.reserved", "a plain pointer's reserved bytes are not zero")
-        return Pointer(offset, crc)
-    return Pointer(offset, crc, bytes(raw[12:24]), bytes(raw[24:40]))
+    return ptr
 
 
 def check_pointer(ptr: Pointer, geo: Geometry, image_clusters: int) -> None:
@@ -238,11 +492,16 @@ def plain_pointers(offsets, crcs):
     return map(new_pointer, zip(offsets, crcs, repeat(b""), repeat(b"")))
 
 
+_PLAIN_POINTER = PLAIN_POINTER_LAYOUT.struct
+_ENCRYPTED_POINTER = ENCRYPTED_POINTER_LAYOUT.struct
+
+
 @lru_cache(maxsize=None)
 def _node_struct(count: int, width: int) -> struct.Struct:
-    """``count`` pointers of ``width`` bytes (R-ptr-1): offset, crc, then 4 reserved
-    bytes, or nonce and tag ('s' pads a null pointer's empty ones with zeros)."""
-    return struct.Struct("<" + ("QI4x" if width == PLAIN_POINTER else "QI12s16s") * count)
+    """``count`` pointers of ``width`` bytes (R-ptr-1), from the pointer tables:
+    offset, crc, then 4 reserved bytes (packed as zeros), or nonce and tag ('s'
+    pads a null pointer's empty ones with zeros)."""
+    return struct.Struct("<" + pointer_layout(width).record_struct.format.lstrip("<") * count)
 
 
 def encode_pointers(ptrs, geo: Geometry) -> bytes:
@@ -265,7 +524,7 @@ def decode_pointers(raw, geo: Geometry) -> list[Pointer]:
         raise_code("pointer.reserved", "non-zero bytes after a node's last pointer")
     if w == PLAIN_POINTER:
         out = []
-        for offset, crc, reserved in struct.iter_unpack("<QII", raw[:n * w]):
+        for offset, crc, reserved in _PLAIN_POINTER.iter_unpack(raw[:n * w]):
             if offset == 0:
                 if crc or reserved:
                     raise_code("pointer.reserved", "a null pointer has non-zero bytes")
@@ -300,61 +559,64 @@ class Header:
 
     def encode(self) -> bytes:
         out = bytearray(SECTOR)
-        struct.pack_into("<8sIIBBHI16sQQ", out, 0, MAGIC, VERSION, self.header_length, self.cluster_bits,
-                         self.refcount_order, 0, 0, self.image_uuid, self.capacity_clusters, self.create_time)
+        _HEADER.pack_into(out, 0, MAGIC, VERSION, self.header_length, self.cluster_bits, self.refcount_order, 0,
+                          self.image_uuid, self.capacity_clusters, self.create_time, 0)
         pos = self.header_length
         for ext in self.extensions:
-            struct.pack_into("<HHI", out, pos, ext.ext_type, ext.ext_flags, len(ext.ext_data))
-            out[pos + 8:pos + 8 + len(ext.ext_data)] = ext.ext_data
-            pos += 8 + (len(ext.ext_data) + 7) // 8 * 8
-        if pos + 8 > 508:
+            _EXTENSION.pack_into(out, pos, ext.ext_type, ext.ext_flags, len(ext.ext_data))
+            out[pos + _EXTENSION.size:pos + _EXTENSION.size + len(ext.ext_data)] = ext.ext_data
+            pos += _EXTENSION.size + (len(ext.ext_data) + 7) // 8 * 8
+        if pos + _EXTENSION.size > _HEADER_CRC:
             raise ValueError("header extensions do not fit")
-        struct.pack_into("<I", out, 508, crc32c(bytes(out[:508])))
+        _CRC.pack_into(out, _HEADER_CRC, crc32c(bytes(out[:_HEADER_CRC])))
         return bytes(out)
+
+
+_HEADER = HEADER.record_struct       # reserved0 packed as zeros
+_EXTENSION = EXTENSION.struct
+_HEADER_CRC = HEADER["header_crc"].offset
+_CRC = struct.Struct("<I")
 
 
 def decode_header(raw: bytes) -> Header:
     """Validate and decode sector 0 in the order R-header-9 prescribes."""
     if len(raw) < HEADER_AREA:
         raise_code("image.truncated", f"the file holds {len(raw)} bytes, fewer than the 2048-byte header area")
-    if raw[:8] != MAGIC:
-        if raw[:4] == MAGIC[:4]:
+    (magic, version, header_length, cluster_bits, refcount_order, reserved0, header_flags, image_uuid,
+     capacity, create_time, header_crc) = HEADER.struct.unpack_from(raw)
+    if magic != MAGIC:
+        if magic[:4] == MAGIC[:4]:
             raise_code("header.magic", "signature damaged, as by a text-mode (line-ending) transfer")
         raise_code("header.magic", "not an nvbox image")
-    if struct.unpack_from("<I", raw, 508)[0] != crc32c(raw[:508]):
+    if header_crc != crc32c(raw[:_HEADER_CRC]):
         raise_code("header.checksum")
-    (version, header_length, cluster_bits, refcount_order, reserved0, header_flags, image_uuid,
-     capacity, create_time) = struct.unpack_from("<IIBBHI16sQQ", raw, 8)
-    if version != VERSION:
-        raise_code("header.version", f"format version {version}, this implementation reads version 1")
-    if header_length % 8 or not HEADER_LENGTH <= header_length <= 504:
-        raise_code("header.field", f"header_length {header_length} out of range")
-    if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
-        raise_code("header.cluster_size", f"cluster_bits {cluster_bits} outside 9..21")
-    if refcount_order != REFCOUNT_ORDER:
-        raise_code("header.field", f"refcount_order {refcount_order}, must be 4")
-    if reserved0 or header_flags or _nonzero(raw[56:header_length]):
+    H = HEADER.by_name
+    H["version"].check(version, f"format version {version}, this implementation reads version 1")
+    H["header_length"].check(header_length, f"header_length {header_length} out of range")
+    H["cluster_bits"].check(cluster_bits, f"cluster_bits {cluster_bits} outside 9..21")
+    H["refcount_order"].check(refcount_order, f"refcount_order {refcount_order}, must be 4")
+    if reserved0 or header_flags or _nonzero(raw[H["reserved1"].offset:header_length]):
         raise_code("header.field", "reserved header bytes are not zero")
     geo = geometry(cluster_bits)
     if capacity and not geo.header_clusters + 2 <= capacity <= MAX_IMAGE_CLUSTERS:
         raise_code("header.field", f"capacity_clusters {capacity} out of range")
     extensions = []
     pos = header_length
+    head = _EXTENSION.size
     while True:
-        if pos + 8 > 508:
+        if pos + head > _HEADER_CRC:
             raise_code("header.extension", "extension area has no end record")
-        ext_type, ext_flags, length = struct.unpack_from("<HHI", raw, pos)
+        ext_type, ext_flags, length = _EXTENSION.unpack_from(raw, pos)
         if ext_type == EXT_END:
             if ext_flags or length:
                 raise_code("header.extension", "malformed end record")
             break
-        if ext_flags & ~EXT_REQUIRED:
-            raise_code("header.extension", "reserved extension flag bits set")
+        EXTENSION["ext_flags"].check(ext_flags, "reserved extension flag bits set")
         padded = (length + 7) // 8 * 8
-        if pos + 8 + padded + 8 > 508:
+        if pos + head + padded + head > _HEADER_CRC:
             raise_code("header.extension", "extension record runs past the header")
-        data = bytes(raw[pos + 8:pos + 8 + length])
-        if _nonzero(raw[pos + 8 + length:pos + 8 + padded]):
+        data = bytes(raw[pos + head:pos + head + length])
+        if _nonzero(raw[pos + head + length:pos + head + padded]):
             raise_code("header.extension", "non-zero extension padding")
         if ext_type not in KNOWN_EXTENSIONS and ext_flags & EXT_REQUIRED:
             raise_code("header.extension_required", f"unknown required header extension type {ext_type}")
@@ -366,8 +628,8 @@ def decode_header(raw: bytes) -> Header:
             if length > 64:
                 raise_code("header.extension", "creator extension longer than 64 bytes")
         extensions.append(Extension(ext_type, ext_flags, data, pos))
-        pos += 8 + padded
-    if _nonzero(raw[pos + 8:508]):
+        pos += head + padded
+    if _nonzero(raw[pos + head:_HEADER_CRC]):
         raise_code("header.extension", "non-zero bytes after the end record")
     return Header(cluster_bits, bytes(image_uuid), capacity, create_time, header_length, refcount_order,
                   tuple(extensions))
@@ -375,7 +637,10 @@ def decode_header(raw: bytes) -> Header:
 
 # -- commit slots (spec section 4) ------------------------------------------
 
-_SLOT = struct.Struct("<8sQQQQQQQQBBBBIQ")  # 88 bytes, up to refcount_root
+_SLOT = SLOT.struct
+_SLOT_RECORD = SLOT.record_struct      # reserved0 and reserved1 packed as zeros
+_SLOT_MAC = SLOT.span("slot_mac")
+_SLOT_CRC = SLOT["slot_crc"].offset
 
 
 @dataclass(frozen=True)
@@ -408,37 +673,38 @@ class Slot:
         """Bytes 0..507 with a zero MAC (the MAC, when any, covers bytes 0..475)."""
         width = ENCRYPTED_POINTER if self.encrypted else PLAIN_POINTER
         out = bytearray(SECTOR)
-        _SLOT.pack_into(out, 0, SLOT_MAGIC, self.generation, self.incompatible_features,
-                        self.compatible_features, self.autoclear_features, self.image_clusters,
-                        self.blob_count, self.next_snapshot_id, self.commit_time, self.refcount_depth,
-                        self.dir_depth, self.snaptable_depth, 0, self.snapshot_count, self.snaptable_size)
-        for off, ptr in ((88, self.refcount_root), (128, self.dir_root), (168, self.snaptable_root)):
-            out[off:off + width] = ptr.encode(width)
-        out[208:224] = self.keyslots.encode(PLAIN_POINTER)
-        struct.pack_into("<Q", out, 248, self.alloc_hint)
+        # A pointer shorter than its 40-byte field is padded with zeros by '40s'.
+        _SLOT_RECORD.pack_into(out, 0, SLOT_MAGIC, self.generation, self.incompatible_features,
+                               self.compatible_features, self.autoclear_features, self.image_clusters,
+                               self.blob_count, self.next_snapshot_id, self.commit_time, self.refcount_depth,
+                               self.dir_depth, self.snaptable_depth, self.snapshot_count, self.snaptable_size,
+                               self.refcount_root.encode(width), self.dir_root.encode(width),
+                               self.snaptable_root.encode(width), self.keyslots.encode(PLAIN_POINTER),
+                               self.alloc_hint, b"", 0)
         return out
 
     def encode(self) -> bytes:
         out = self.encode_unsigned()
-        out[476:508] = self.slot_mac
-        struct.pack_into("<I", out, 508, crc32c(bytes(out[:508])))
+        out[_SLOT_MAC] = self.slot_mac
+        _CRC.pack_into(out, _SLOT_CRC, crc32c(bytes(out[:_SLOT_CRC])))
         return bytes(out)
 
 
 def slot_is_valid(raw: bytes, index: int) -> bool:
     """The three conditions of R-slot-2."""
-    if len(raw) < SECTOR or raw[:8] != SLOT_MAGIC:
+    if len(raw) < SECTOR or raw[:len(SLOT_MAGIC)] != SLOT_MAGIC:
         return False
-    if struct.unpack_from("<I", raw, 508)[0] != crc32c(raw[:508]):
+    if _CRC.unpack_from(raw, _SLOT_CRC)[0] != crc32c(raw[:_SLOT_CRC]):
         return False
-    generation = struct.unpack_from("<Q", raw, 8)[0]
+    generation = slot_generation(raw)
     return generation >= 1 and generation % 2 == (1 if index == 0 else 0)
 
 
 def decode_slot(raw: bytes, header: Header) -> Slot:
     """Decode a slot already known valid, checking its fields (R-slot-5)."""
     (_, generation, incompat, compat, autoclear, image_clusters, blob_count, next_snapshot_id, commit_time,
-     refcount_depth, dir_depth, snaptable_depth, reserved0, snapshot_count, snaptable_size) = _SLOT.unpack_from(raw)
+     refcount_depth, dir_depth, snaptable_depth, reserved0, snapshot_count, snaptable_size, raw_refcount_root,
+     raw_dir_root, raw_snaptable_root, raw_keyslots, alloc_hint, reserved1, slot_mac, _) = _SLOT.unpack_from(raw)
     unknown = incompat & ~KNOWN_INCOMPATIBLE
     if unknown:
         raise_code("feature.incompatible", f"unknown incompatible feature bits 0x{unknown:x}")
@@ -449,42 +715,39 @@ def decode_slot(raw: bytes, header: Header) -> Slot:
     def bad(why):
         raise_code("slot.field", why)
 
-    alloc_hint = struct.unpack_from("<Q", raw, 248)[0]
-    if reserved0 or _nonzero(raw[256:476]):
+    F = SLOT.by_name
+    if reserved0 or _nonzero(reserved1):
         bad("reserved slot bytes are not zero")
-    for off in (88, 128, 168):
-        if _nonzero(raw[off + width:off + POINTER_FIELD]):
+    for field_bytes in (raw_refcount_root, raw_dir_root, raw_snaptable_root):
+        if _nonzero(field_bytes[width:]):
             bad("bytes after a root pointer are not zero")
-    if _nonzero(raw[224:248]):
+    if _nonzero(raw_keyslots[PLAIN_POINTER:]):
         bad("bytes after the keyslots pointer are not zero")
-    if not encrypted and _nonzero(raw[476:508]):
+    if not encrypted and _nonzero(slot_mac):
         bad("slot_mac is not zero in a plain image")
     if not geo.header_clusters + 1 <= image_clusters <= MAX_IMAGE_CLUSTERS:
         bad(f"image_clusters {image_clusters} out of range")
     if header.capacity_clusters and image_clusters > header.capacity_clusters:
         bad(f"image_clusters {image_clusters} above capacity {header.capacity_clusters}")
-    if not 1 <= refcount_depth <= MAX_REFCOUNT_DEPTH or geo.refcount_coverage(refcount_depth) < image_clusters:
+    if not F["refcount_depth"].accepts(refcount_depth) or geo.refcount_coverage(refcount_depth) < image_clusters:
         bad(f"refcount_depth {refcount_depth} cannot cover {image_clusters} clusters")
-    if dir_depth > MAX_DIR_DEPTH:
-        bad(f"dir_depth {dir_depth} above {MAX_DIR_DEPTH}")
-    if snapshot_count > MAX_SNAPSHOTS:
-        bad(f"snapshot_count {snapshot_count} above {MAX_SNAPSHOTS}")
-    if snaptable_size > MAX_SNAPTABLE or (snaptable_size == 0) != (snapshot_count == 0):
+    F["dir_depth"].check(dir_depth, f"dir_depth {dir_depth} above {MAX_DIR_DEPTH}")
+    F["snapshot_count"].check(snapshot_count, f"snapshot_count {snapshot_count} above {MAX_SNAPSHOTS}")
+    if not F["snaptable_size"].accepts(snaptable_size) or (snaptable_size == 0) != (snapshot_count == 0):
         bad(f"snaptable_size {snaptable_size} inconsistent with snapshot_count {snapshot_count}")
     if snaptable_depth != geo.map_depth(snaptable_size):
         bad(f"snaptable_depth {snaptable_depth} does not match snaptable_size {snaptable_size}")
-    if next_snapshot_id < 1:
-        bad("next_snapshot_id is 0")
+    F["next_snapshot_id"].check(next_snapshot_id, "next_snapshot_id is 0")
     if alloc_hint > image_clusters:
         bad(f"alloc_hint {alloc_hint} beyond image_clusters {image_clusters}")
     if encrypted and header.cluster_bits < 10:
         raise_code("header.field", "encrypted images need clusters of at least 1024 bytes")
     try:
-        refcount_root = decode_pointer(raw[88:88 + width], width)
-        dir_root = decode_pointer(raw[128:128 + width], width)
-        snaptable_root = decode_pointer(raw[168:168 + width], width)
-        keyslots = decode_pointer(raw[208:224], PLAIN_POINTER)
-    except Exception as exc:  # pointer.reserved inside a slot is a slot field error
+        refcount_root = decode_pointer(raw_refcount_root, width)
+        dir_root = decode_pointer(raw_dir_root, width)
+        snaptable_root = decode_pointer(raw_snaptable_root, width)
+        keyslots = decode_pointer(raw_keyslots, PLAIN_POINTER)
+    except NvboxError as exc:  # pointer.reserved inside a slot is a slot field error
         bad(str(exc))
     if refcount_root.is_null:
         bad("refcount_root is null")
@@ -499,7 +762,7 @@ def decode_slot(raw: bytes, header: Header) -> Slot:
             check_pointer(ptr, geo, image_clusters)
     return Slot(generation, incompat, compat, autoclear, image_clusters, blob_count, next_snapshot_id,
                 commit_time, refcount_depth, dir_depth, snaptable_depth, snapshot_count, snaptable_size,
-                refcount_root, dir_root, snaptable_root, keyslots, alloc_hint, bytes(raw[476:508]))
+                refcount_root, dir_root, snaptable_root, keyslots, alloc_hint, slot_mac)
 
 
 # -- refcount blocks (spec section 7) ---------------------------------------
@@ -666,20 +929,23 @@ def encode_dir_node(level: int, items, geo: Geometry, body: bytes | None = None)
         body = encode_dir_body(level, items, geo.pointer_size)
     if len(body) > geo.dir_body_max:
         raise ValueError("directory node body exceeds the cluster")
-    head = struct.pack("<4sBBHII", DIR_MAGIC, level, 0, len(items), len(body), 0)
+    head = _DIR_NODE_RECORD.pack(DIR_MAGIC, level, len(items), len(body))
     return (head + body).ljust(geo.cluster_size, b"\0")
+
+
+_DIR_NODE = DIR_NODE.struct
+_DIR_NODE_RECORD = DIR_NODE.record_struct     # reserved0 and reserved1 packed as zeros
 
 
 def decode_dir_node(raw, geo: Geometry, expected_level: int | None = None) -> DirNode:
     if len(raw) < DIR_NODE_HEADER:
         raise_code("directory.node", f"a directory node needs at least {DIR_NODE_HEADER} bytes")
-    magic, level, reserved0, count, body_length, reserved1 = struct.unpack_from("<4sBBHII", raw, 0)
-    if magic != DIR_MAGIC:
-        raise_code("directory.node", "directory node magic is not NVDN")
+    magic, level, reserved0, count, body_length, reserved1 = _DIR_NODE.unpack_from(raw, 0)
+    D = DIR_NODE.by_name
+    D["node_magic"].check(magic, "directory node magic is not NVDN")
     if reserved0 or reserved1:
         raise_code("directory.node", "reserved directory node bytes are not zero")
-    if count < 1:
-        raise_code("directory.node", "directory node with no elements")
+    D["count"].check(count, "directory node with no elements")
     if body_length > geo.dir_body_max:
         raise_code("directory.node", f"body_length {body_length} exceeds the cluster")
     end = DIR_NODE_HEADER + body_length
@@ -800,42 +1066,47 @@ class KeySlot(NamedTuple):
         return self.kind != 0
 
     def encode(self) -> bytes:
-        return struct.pack("<B3xIII16s12s32s16s4x", self.kind, self.kdf_time, self.kdf_memory, self.kdf_lanes,
-                           self.salt, self.nonce, self.wrapped_key, self.wrap_tag)
+        return _KEYSLOT_RECORD.pack(*self)
 
 
 KEYSLOT_KINDS = {0: "empty", 1: "argon2id", 2: "scrypt", 3: "keyfile"}
 
 
 def encode_keyslots(slots, geo: Geometry) -> bytes:
-    head = struct.pack("<4sHHI20x", KEYSLOT_MAGIC, 1, NUM_KEYSLOTS, 1)
-    return (head + b"".join(s.encode() for s in slots)).ljust(geo.cluster_size, b"\0")
+    body = b"".join(s.encode() for s in slots)
+    return _KEYSLOT_TABLE_RECORD.pack(KEYSLOT_MAGIC, 1, NUM_KEYSLOTS, 1, body).ljust(geo.cluster_size, b"\0")
 
 
-_KEYSLOT = struct.Struct("<B3sIII16s12s32s16s4s")
+_KEYSLOT = KEYSLOT.struct
+_KEYSLOT_RECORD = KEYSLOT.record_struct              # the reserved fields packed as zeros
+_KEYSLOT_TABLE = KEYSLOT_TABLE.struct
+_KEYSLOT_TABLE_RECORD = KEYSLOT_TABLE.record_struct
 _EMPTY_KEYSLOT = bytes(KEYSLOT_SIZE)
 
 
 def decode_keyslots(raw) -> list[KeySlot]:
     raw = bytes(raw)
-    end = 32 + NUM_KEYSLOTS * KEYSLOT_SIZE
+    end = _KEYSLOT_TABLE.size
     if len(raw) < end:
         raise_code("key.slot_damaged", "the key slot table is truncated")
-    magic, version, num, cipher = struct.unpack_from("<4sHHI", raw, 0)
+    magic, version, num, cipher, reserved, slots = _KEYSLOT_TABLE.unpack_from(raw, 0)
 
     def bad(why):
         raise_code("key.slot_damaged", why)
 
-    if magic != KEYSLOT_MAGIC or version != 1 or num != NUM_KEYSLOTS or cipher != 1:
+    T = KEYSLOT_TABLE.by_name
+    if not all(T[name].accepts(value) for name, value in
+               (("ks_magic", magic), ("ks_version", version), ("num_slots", num), ("cipher", cipher))):
         bad("key slot table header is not NVKS version 1 with 8 AES-256-GCM slots")
-    if _nonzero(raw[12:32]) or _nonzero(raw[end:]):
+    if _nonzero(reserved) or _nonzero(raw[end:]):
         bad("reserved key slot table bytes are not zero")
     out = []
-    for i, fields in enumerate(_KEYSLOT.iter_unpack(raw[32:end])):
+    K = KEYSLOT.by_name
+    for i, fields in enumerate(_KEYSLOT.iter_unpack(slots)):
         kind, reserved_a, t, m, p, salt, nonce, wrapped, tag, reserved_b = fields
-        if kind not in KEYSLOT_KINDS or reserved_a != b"\0\0\0" or reserved_b != b"\0\0\0\0":
+        if not K["kind"].accepts(kind) or _nonzero(reserved_a) or reserved_b:
             bad(f"key slot {i} has an unknown kind or non-zero reserved bytes")
-        if kind == 0 and raw[32 + i * KEYSLOT_SIZE:32 + (i + 1) * KEYSLOT_SIZE] != _EMPTY_KEYSLOT:
+        if kind == 0 and slots[i * KEYSLOT_SIZE:(i + 1) * KEYSLOT_SIZE] != _EMPTY_KEYSLOT:
             bad(f"empty key slot {i} is not all zero")
         out.append(KeySlot(kind, t, m, p, salt, nonce, wrapped, tag))
     if not any(s.in_use for s in out):

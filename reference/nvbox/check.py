@@ -16,18 +16,13 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
-from . import _format as fmt
+from ._tree import Visitor
 from .errors import NvboxError, raise_code
 
 __all__ = ["CheckResult", "check_image", "repair_image", "EXIT_CLEAN", "EXIT_CORRUPT", "EXIT_LEAKS",
            "EXIT_FAILED", "EXIT_UNSUPPORTED"]
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_CORRUPT, EXIT_LEAKS, EXIT_UNSUPPORTED = 0, 1, 2, 3, 63
-
-_KIND_NAMES = {fmt.KIND_DATA: "data", fmt.KIND_MAP: "map", fmt.KIND_REFBLOCK: "refcount block",
-               fmt.KIND_REFINDEX: "refcount index", fmt.KIND_DIR: "directory", fmt.KIND_SNAPDATA: "snapshot table",
-               0: "key slots"}
-
 
 @dataclass
 class CheckResult:
@@ -67,17 +62,17 @@ class CheckResult:
 
 
 class _Walker:
-    def __init__(self, image, progress=None, on_visit=None):
+    """Counts the references the tree visitor follows and collects what it finds wrong."""
+
+    def __init__(self, image, progress=None):
         self.img = image
         self.store = image.store
-        self.trees = image.trees
         self.geo = image.geo
         self.result = CheckResult(image_clusters=image.slot.image_clusters)
         self.expected = array("I", bytes(4 * image.slot.image_clusters))
-        self.seen: dict[int, tuple] = {}
-        self.entry_counts: dict[int, int] = {}
         self.progress = progress
-        self.on_visit = on_visit   # (cluster, kind, what) for each cluster reached first
+        self.visitor = Visitor(self.store.read_raw, self.geo, image.slot.image_clusters,
+                               on_problem=self.problem, read_leaves=True)
 
     def problem(self, code, message, offset=None):
         item = {"code": code, "message": message}
@@ -85,170 +80,23 @@ class _Walker:
             item["offset"] = offset
         self.result.corruptions.append(item)
 
-    def ref(self, ptr, kind, level, what) -> bool:
-        """Count one reference to ``ptr``; True if the caller should descend into it."""
-        if ptr.is_null:
-            return False
-        try:
-            fmt.check_pointer(ptr, self.geo, self.img.slot.image_clusters)
-        except NvboxError as exc:
-            self.problem(exc.code, f"{what}: {exc.message}", ptr.offset)
-            return False
-        idx = ptr.offset >> self.geo.cluster_bits
-        self.expected[idx] += 1
-        prev = self.seen.get(idx)
-        if prev is not None:
-            if prev != (kind, level):
-                self.problem("pointer.cycle",
-                             f"{what}: cluster {idx} is reached as {_KIND_NAMES[kind]} level {level} "
-                             f"and as {_KIND_NAMES[prev[0]]} level {prev[1]}", ptr.offset)
-            return False
-        self.seen[idx] = (kind, level)
-        if self.on_visit is not None:
-            self.on_visit(idx, kind, what)
-        self.result.clusters_checked += 1
-        if self.progress and self.result.clusters_checked % 1024 == 0:
-            self.progress(self.result.clusters_checked, self.result.image_clusters)
-        return True
-
-    def read(self, ptr, kind, what):
-        try:
-            return self.store.read_raw(ptr, kind)
-        except NvboxError as exc:
-            self.problem(exc.code, f"{what}: {exc.message}", ptr.offset)
-            return None
-
-    # -- structures ------------------------------------------------------------
-
-    def refcount_tree(self, ptr, level, first_block=0):
-        """The refcount subtree at ``level`` whose first block is block ``first_block``."""
-        kind = fmt.KIND_REFBLOCK if level == 1 else fmt.KIND_REFINDEX
-        if not self.ref(ptr, kind, level, "refcount tree"):
-            return
-        raw = self.read(ptr, kind, "refcount tree")
-        if raw is None:
-            return
-        if level == 1:
-            # Blocks that straddle the image's end are checked with the counts
-            # (_compare_counts); one wholly past it must count nothing (R-ref-7).
-            per = self.geo.counts_per_block
-            if first_block * per >= self.img.slot.image_clusters and any(fmt.decode_refblock(raw)):
-                self.problem("refcount.tree", f"refcount block {first_block} lies past the image's end "
-                                              "and counts clusters", ptr.offset)
-            return
-        try:
-            children = fmt.decode_pointers(raw, self.geo)
-        except NvboxError as exc:
-            self.problem(exc.code, f"refcount index node: {exc.message}", ptr.offset)
-            return
-        span = self.geo.fanout ** (level - 2)   # blocks under each child
-        for i, ch in enumerate(children):
-            self.refcount_tree(ch, level - 1, first_block + i * span)
-
-    def cluster_map(self, ptr, depth, size, what, kind=fmt.KIND_MAP, data_kind=fmt.KIND_DATA, base=0):
-        """A cluster map subtree whose root is at ``depth`` covering clusters from ``base``."""
-        geo = self.geo
-        cs = geo.cluster_size
-        n = -(-size // cs)
-        if depth == 0:
-            if not self.ref(ptr, data_kind, 0, what):
-                return
-            if base >= n:
-                self.problem("map.tail", f"{what}: data cluster {base} beyond the blob's size", ptr.offset)
-            raw = self.read(ptr, data_kind, what)
-            if raw is not None and base == n - 1 and size % cs and any(raw[size % cs:]):
-                self.problem("map.tail", f"{what}: non-zero bytes after the blob's end", ptr.offset)
-            return
-        if not self.ref(ptr, kind, depth, what):
-            return
-        raw = self.read(ptr, kind, what)
-        if raw is None:
-            return
-        try:
-            children = fmt.decode_pointers(raw, geo)
-        except NvboxError as exc:
-            self.problem(exc.code, f"{what}: {exc.message}", ptr.offset)
-            return
-        span = geo.fanout ** (depth - 1)
-        for j, ch in enumerate(children):
-            if ch.is_null:
-                continue
-            if base + j * span >= n:
-                self.problem("map.tail", f"{what}: pointer beyond the blob's size", ch.offset)
-            self.cluster_map(ch, depth - 1, size, what, kind, data_kind, base + j * span)
-
-    def directory(self, ptr, level, what, low=b"", high=None) -> int:
-        """Walk a directory subtree; return its entry count."""
-        if not self.ref(ptr, fmt.KIND_DIR, 100 + level, what):
-            # Shared with a tree already walked: its entries were counted there.
-            return 0 if ptr.is_null else self.entry_counts.get(ptr.offset, 0)
-        raw = self.read(ptr, fmt.KIND_DIR, what)
-        if raw is None:
-            return 0
-        n = self._directory_node(ptr, raw, level, what, low, high)
-        self.entry_counts[ptr.offset] = n
-        return n
-
-    def _directory_node(self, ptr, raw, level, what, low, high) -> int:
-        try:
-            node = fmt.decode_dir_node(raw, self.geo, level)
-        except NvboxError as exc:
-            self.problem(exc.code, f"{what}: {exc.message}", ptr.offset)
-            return 0
-        keys = node.keys()
-        for k in keys:
-            if k and (k < low or (high is not None and k >= high)):
-                self.problem("directory.order", f"{what}: a key lies outside its branch's range", ptr.offset)
-                break
-        if level == 0:
-            for e in node.items:
-                if e.inline is None:
-                    self.cluster_map(e.root, e.depth, e.size, f"{what} blob {e.name!r}")
-            return len(node.items)
-        total = 0
-        for i, b in enumerate(node.items):
-            lo = b.low_key or low
-            hi = node.items[i + 1].low_key if i + 1 < len(node.items) else high
-            total += self.directory(b.child, level - 1, what, lo, hi)
-        return total
+    def walk(self, slot) -> None:
+        """One count per pointer held by a reachable node (R-ref-6), and one
+        for each header-area cluster (R-ref-3)."""
+        result, expected = self.result, self.expected
+        for reached in self.visitor.slot(slot):
+            expected[reached.cluster] += 1
+            if reached.first and reached.kind != "header":
+                result.clusters_checked += 1
+                if self.progress and result.clusters_checked % 1024 == 0:
+                    self.progress(result.clusters_checked, result.image_clusters)
 
 
-def check_image(image, progress=None, on_visit=None) -> CheckResult:
-    """Verify every structure and count of ``image`` (open, any mode).
-
-    ``on_visit(cluster, kind, what)`` is called once per reachable cluster, in
-    walk order (the active directory first, then snapshots): ``nvbox map`` uses it.
-    """
+def check_image(image, progress=None) -> CheckResult:
+    """Verify every structure and count of ``image`` (open, any mode)."""
     image._check_open()
-    w = _Walker(image, progress, on_visit)
-    slot, geo = image.slot, image.geo
-    for c in range(geo.header_clusters):
-        w.expected[c] += 1
-    w.refcount_tree(slot.refcount_root, slot.refcount_depth)
-    if slot.dir_depth:
-        n = w.directory(slot.dir_root, slot.dir_depth - 1, "directory")
-        if n != slot.blob_count and not w.result.corruptions:
-            w.problem("directory.entry", f"blob_count is {slot.blob_count} but the directory holds {n}")
-    if slot.snaptable_size:
-        w.cluster_map(slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size, "snapshot table",
-                      data_kind=fmt.KIND_SNAPDATA)
-        try:
-            snaps = image._snapshot_list()
-        except NvboxError as exc:
-            w.problem(exc.code, f"snapshot table: {exc.message}")
-            snaps = []
-        for s in snaps:
-            if s.dir_depth:
-                n = w.directory(s.dir_root, s.dir_depth - 1, f"snapshot {s.name!r}")
-                if n != s.blob_count and not w.result.corruptions:
-                    w.problem("snapshot.table", f"snapshot {s.name!r}: blobCount {s.blob_count}, holds {n}")
-    if not slot.keyslots.is_null and w.ref(slot.keyslots, 0, 0, "key slots"):
-        raw = w.read(slot.keyslots, 0, "key slots")
-        if raw is not None:
-            try:
-                fmt.decode_keyslots(raw)
-            except NvboxError as exc:
-                w.problem(exc.code, f"key slots: {exc.message}", slot.keyslots.offset)
+    w = _Walker(image, progress)
+    w.walk(image.slot)
     _compare_counts(w)
     w.result.expected = w.expected
     return w.result

@@ -1,6 +1,6 @@
 """A picture of an image's clusters: what holds each one (``nvbox map``).
 
-Every cluster is classified by the walk ``check`` makes (each reachable
+Every cluster is classified by the tree visitor's walk (each reachable
 cluster is reported once, the active directory first): header area,
 refcount tree, directory node, snapshot table, key slots, a blob's data or
 cluster map (named), or free.  Clusters whose count is above 1 are shared
@@ -10,9 +10,7 @@ run-length encoded for ``--output json`` and drawn as a grid for PNG.
 
 from __future__ import annotations
 
-import re
-
-from . import _format as fmt
+from ._tree import Visitor
 from .check import check_image
 from .errors import raise_code
 
@@ -29,25 +27,23 @@ CATEGORIES = {
     "free": "#f0f0f0",
 }
 
-_BLOB = re.compile(r"blob '((?:[^'\\]|\\.)*)'|blob \"((?:[^\"\\]|\\.)*)\"")
+_CATEGORY = {"header": "header", "refindex": "refcount", "refblock": "refcount", "dir": "directory",
+             "snapmap": "snapshot-table", "snapdata": "snapshot-table", "keyslots": "key-slots"}
 
 
-def _classify(kind: int, what: str) -> tuple[str, str | None]:
-    if kind in (fmt.KIND_REFBLOCK, fmt.KIND_REFINDEX):
-        return "refcount", None
-    if kind == fmt.KIND_DIR:
-        return "directory", None
-    if kind == fmt.KIND_SNAPDATA or what.startswith("snapshot table"):
-        return "snapshot-table", None
-    if kind == 0:
-        return "key-slots", None
-    m = _BLOB.search(what)
-    name = (m.group(1) if m.group(1) is not None else m.group(2)) if m else None
-    if what.startswith("snapshot '"):
+def _classify(reached) -> tuple[str, str | None]:
+    category = _CATEGORY.get(reached.kind)
+    if category is not None:
+        return category, None
+    if reached.owner != "active":
         # The walk covers the active directory first, so a cluster first met in
         # a snapshot's tree is one that only snapshots hold.
-        return "snapshot-only", name
-    return "blob", name
+        return "snapshot-only", reached.blob
+    return "blob", reached.blob
+
+
+def _skip(code, message, offset) -> None:
+    pass
 
 
 def cluster_map(image, progress=None) -> dict:
@@ -55,18 +51,22 @@ def cluster_map(image, progress=None) -> dict:
     ``progress(done, total)`` is check's, called as the walk goes."""
     n = image.slot.image_clusters
     cats: list = [("free", None)] * n
-    for c in range(min(image.geo.header_clusters, n)):
-        cats[c] = ("header", None)
-
-    def visit(idx, kind, what):
-        cats[idx] = _classify(kind, what)
-
-    result = check_image(image, progress, on_visit=visit)
-    # Shared: reachable from the active state and from a snapshot.  Lazy counts
-    # mark only the top of a shared subtree (R-ref-6), so reachability is walked.
+    result = check_image(image, progress)
     slot = image.slot
-    active = _reachable(image, [(slot.dir_root, slot.dir_depth)]) if slot.dir_depth else set()
-    snaps = _reachable(image, [(s.dir_root, s.dir_depth) for s in image._snapshot_list() if s.dir_depth])
+    # Damage is check's to report (in ``verdict``): these walks skip what they cannot read.
+    walk = Visitor(image.store.read_raw, image.geo, n, on_problem=_skip)
+    # Shared: reachable from the active state and from a snapshot.  Lazy counts
+    # mark only the top of a shared subtree (R-ref-6), so reachability is walked:
+    # the active directory is walked whole before any snapshot.
+    active = set()
+    for reached in walk.slot(slot):
+        if reached.first and reached.cluster < n:
+            cats[reached.cluster] = _classify(reached)
+        if reached.owner == "active":
+            active.add(reached.cluster)
+    snapshots = Visitor(image.store.read_raw, image.geo, n, on_problem=_skip)
+    snaps = {reached.cluster for s in walk.snapshots if s.dir_depth
+             for reached in snapshots.directory(s.dir_root, s.dir_depth, f"snapshot:{s.name}")}
     shared = [c in active and c in snaps for c in range(n)]
     runs = []
     for c in range(n):
@@ -88,34 +88,6 @@ def cluster_map(image, progress=None) -> dict:
         "verdict": result.verdict,
         "runs": runs,
     }
-
-
-def _reachable(image, roots) -> set:
-    """Every cluster reachable from the given directory roots (each subtree once)."""
-    trees, bits = image.trees, image.geo.cluster_bits
-    seen: set = set()
-
-    def map_walk(ptr, depth):
-        if ptr.is_null or ptr.offset >> bits in seen:
-            return
-        seen.add(ptr.offset >> bits)
-        if depth:
-            for child in trees.map_node(ptr):
-                map_walk(child, depth - 1)
-
-    def dir_walk(ptr, level):
-        if ptr.offset >> bits in seen:
-            return
-        seen.add(ptr.offset >> bits)
-        for item in trees.dir_node(ptr, level).items:
-            if level:
-                dir_walk(item.child, level - 1)
-            elif item.inline is None:
-                map_walk(item.root, item.depth)
-
-    for root, depth in roots:
-        dir_walk(root, depth - 1)
-    return seen
 
 
 def render_png(description: dict, path: str, columns: int = 64) -> None:

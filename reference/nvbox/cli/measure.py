@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
-import nvbox
-
+from ..measure import measure as measure_blobs
 from .common import CONTEXT, emit_json, guard, output_option, read_file
 from .transfer import collect_files
 
 __all__ = ["measure", "measure_paths"]
 
 
-# -- measure --------------------------------------------------------------------------------
-
-def _measure_key(encrypt):
-    """A throw-away key for measuring an encrypted layout (sizes do not depend on it)."""
-    if not encrypt:
-        return None
-    from .. import crypto
-    return crypto.Key.from_key_bytes(os.urandom(32))
-
-
 def measure_paths(paths, cluster_size=4096, encrypt=False) -> dict:
     """The capacities a fixed image needs for the files (see ``nvbox measure --help``)."""
-    files = collect_files(paths)
-    img = nvbox.create(None, cluster_size=cluster_size, encrypt=encrypt, key=_measure_key(encrypt))
-    with img:
-        geo = img.geo
-        floor = geo.header_clusters + 4            # the least capacity create accepts
-        empty = img.slot.image_clusters
-        total = 0
-        with img.transaction():
-            for name, path in files:
-                data = read_file(path)
-                total += len(data)
-                img[name] = data
-        minimum = max(img.slot.image_clusters, floor)
-        with img.transaction():                     # the next save of the whole state
-            for name, path in files:
-                img[name] = read_file(path)
-        required = max(img.slot.image_clusters, minimum)
-        cs = geo.cluster_size
-    return {
-        "required": required * cs,
-        "minimum": minimum * cs,
-        "cluster_size": cs,
-        "required_clusters": required,
-        "minimum_clusters": minimum,
-        "headroom_clusters": required - minimum,
-        "empty_image_clusters": empty,
-        "encrypted": bool(encrypt),
-        "files": len(files),
-        "bytes": total,
-    }
+    return measure_blobs([(name, read_file(path)) for name, path in collect_files(paths)], cluster_size, encrypt)
 
 
 @click.command(context_settings=CONTEXT, help="""\
