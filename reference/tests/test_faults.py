@@ -179,11 +179,13 @@ def test_read_faults_never_corrupt(tree):
     assert n > 1
 
 
-def test_zz_fault_totals(capsys):
-    with capsys.disabled():
-        print(f"\n[faults] faults injected {TOTALS['faults']}, crash states of failed operations "
-              f"{TOTALS['crash_states']}, final-flush failures that left the new commit "
-              f"{TOTALS['ambiguous_final_flush']}")
+def summary() -> list[str]:
+    """This run's totals, for the report at the end of the test session (conftest.py)."""
+    if not TOTALS["faults"]:
+        return []
+    return [f"faults injected {TOTALS['faults']:,}, crash states of failed operations "
+            f"{TOTALS['crash_states']:,}, final-flush failures that left the new commit "
+            f"{TOTALS['ambiguous_final_flush']}"]
 
 
 def test_handle_poisoned_when_the_last_commit_cannot_be_read_back():

@@ -16,14 +16,26 @@ clusters) changed by a short list of mutations:
 
 Each input runs the harness: open read-only, read every blob of the active
 directory and of every snapshot, then ``check_image``.  It must end in an
-``NvboxError`` or in success: any other exception, more than 1 s (measured per
-input; SIGALRM stops a hang at 10 s), or a ``tracemalloc`` peak of 64 MiB or
-more is a finding.
+``NvboxError`` or in success.  A finding is any other exception, or work beyond
+a bound that does not depend on how loaded the machine is:
+
+- bytes read from the device (a ``CountingDevice`` under the image) above
+  ``READ_BUDGET`` times (the file's length + 4 KiB) per pass, a pass being the
+  check or the reading of one directory (the active one, each snapshot's): a
+  reader that revisits a shared subtree per reference, or re-reads the image per
+  blob, goes past it (the worst of 100,000 inputs read 3.2 times the file in all);
+- ``CPU_LIMIT`` seconds of this process's CPU time (the slowest input takes
+  about 35 ms), where the input is stopped: time other processes take on a busy
+  machine does not count;
+- a ``tracemalloc`` peak of 64 MiB or more.
 
 Two drivers share the mutation operators: a hypothesis test (strategies, so a
 finding shrinks to a minimal list of mutations) and a bulk run of seeded
 random mutations over a two-process pool (CI: 100,000 inputs; ``NVBOX_FUZZ``
-sets the count).  Findings are saved under ``fuzz_regressions/`` and replayed by
+sets the count).  A failed run saves its findings (image and mutation list) in
+a new temporary directory and names it in the failure; none is written into the
+source tree.  ``fuzz_regressions/`` holds the findings kept as regressions (copied
+there by hand, with a ``bug`` note while the library is not fixed), replayed by
 ``test_regressions``; library bugs are xfail(strict=True) there.
 """
 
@@ -35,8 +47,9 @@ import json
 import multiprocessing as mp
 import os
 import random
-import signal
 import struct
+import sys
+import tempfile
 import time
 import tracemalloc
 import traceback
@@ -47,22 +60,25 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import nvbox
 from nvbox import _format as fmt
+from nvbox.blockdev import CountingDevice, MemoryDevice
 from nvbox.check import check_image
 from nvbox.crypto import Key
 from nvbox.errors import NvboxError
 
 from conformance.corrupt import HEADER_FIELDS, SLOT_FIELDS, Editor
 
+from budget import OutOfCpu, cpu_limit, reads_per_pass
+
 HERE = Path(__file__).resolve().parent
 REGRESSIONS = HERE / "fuzz_regressions"
-TIME_LIMIT = 1.0          # seconds per input
-HANG_ALARM = 10           # seconds: a hang is stopped here
-MEMORY_LIMIT = 64 << 20   # tracemalloc peak per input
+READ_BUDGET = 8          # bytes read per pass, in units of (file length + 4 KiB)
+CPU_LIMIT = 2.0          # CPU seconds per input: a finding beyond it, and the input is stopped
+MEMORY_LIMIT = 64 << 20  # tracemalloc peak per input
 BULK_INPUTS = int(os.environ.get("NVBOX_FUZZ", "100000"))
 HYPOTHESIS_EXAMPLES = int(os.environ.get("NVBOX_FUZZ_HYPOTHESIS", "2000"))
 FUZZ_KEY = Key.from_passphrase("fuzz-key", kdf="fast")
 
-TOTALS = {"inputs": 0, "errors": 0, "ok": 0, "findings": 0, "max_seconds": 0.0, "max_peak": 0, "seconds": 0.0,
+TOTALS = {"inputs": 0, "errors": 0, "ok": 0, "findings": 0, "max_cpu": 0.0, "max_peak": 0, "max_reads": 0.0,
           "codes": {}}
 
 
@@ -266,75 +282,86 @@ def random_mutations(rng: random.Random, seed_index: int) -> list:
 
 # -- the harness ------------------------------------------------------------------------------
 
-class Hang(Exception):
-    pass
-
-
-def _alarm(signum, frame):
-    raise Hang(f"no answer after {HANG_ALARM} s")
-
-
-def exercise(raw: bytes, key=None) -> str:
-    """Open, read everything, check.  Returns 'ok' or the NvboxError code; any
-    other exception propagates."""
+def exercise(raw: bytes, key=None, dev=None) -> tuple[str, int]:
+    """Open, read everything, check.  Returns ('ok:<verdict>' or the NvboxError
+    code, passes made); any other exception propagates."""
+    passes = 0
     try:
-        img = nvbox.open(raw, "r", key=key)
-        for name in img.names():
-            img[name]
-            img.stat(name)
-        for info in img.snapshots.list():
-            view = img.snapshots.view(info.name)
+        img = nvbox.open(dev if dev is not None else raw, "r", key=key)
+        views = [img] + [img.snapshots.view(info.name) for info in img.snapshots.list()]
+        for view in views:
+            passes += 1
             for name in view.names():
                 view.read(name)
+                view.stat(name)
+        passes += 1
         res = check_image(img)
-        return "ok:" + res.verdict
+        return "ok:" + res.verdict, passes
     except NvboxError as exc:
-        return exc.code
+        return exc.code, max(passes, 1)
 
 
-def run_one(raw: bytes, key=None) -> tuple[str | None, str, float, int]:
-    """(finding or None, outcome, seconds, tracemalloc peak) for one input."""
+class Work:
+    """What one input cost: CPU seconds, bytes read against its budget, memory peak."""
+
+    __slots__ = ("cpu", "reads", "peak")
+
+    def __init__(self, cpu: float, reads: float, peak: int):
+        self.cpu, self.reads, self.peak = cpu, reads, peak
+
+
+def run_one(raw: bytes, key=None) -> tuple[str | None, str, Work]:
+    """(finding or None, outcome, work) for one input.  ``work.reads`` is the bytes
+    read per pass in units of (file length + 4 KiB): a finding above READ_BUDGET."""
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, HANG_ALARM)
-    t0 = time.perf_counter()
-    finding = None
-    try:
-        outcome = exercise(raw, key)
-    except Hang as exc:
-        outcome, finding = "hang", f"Hang: {exc}"
-    except BaseException as exc:  # noqa: BLE001 - anything but NvboxError is the finding
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        tb = traceback.extract_tb(exc.__traceback__)[-1]
-        outcome = type(exc).__name__
-        finding = f"{type(exc).__name__}: {exc} (at {Path(tb.filename).name}:{tb.lineno} in {tb.name})"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-    secs = time.perf_counter() - t0
+    dev = CountingDevice(MemoryDevice(raw))
+    finding, passes = None, 1
+    with cpu_limit(CPU_LIMIT) as cpu:
+        try:
+            outcome, passes = exercise(raw, key, dev)
+        except OutOfCpu as exc:
+            outcome, finding = "slow", f"slow: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - anything but NvboxError is the finding
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            tb = traceback.extract_tb(exc.__traceback__)[-1]
+            outcome = type(exc).__name__
+            finding = f"{type(exc).__name__}: {exc} (at {Path(tb.filename).name}:{tb.lineno} in {tb.name})"
     peak = tracemalloc.get_traced_memory()[1] - base
     if started:
         tracemalloc.stop()
-    if finding is None and secs > TIME_LIMIT:
-        finding = f"slow: {secs:.2f} s (limit {TIME_LIMIT} s), outcome {outcome}"
+    reads = reads_per_pass(dev.stats.bytes_read, len(raw), passes)
+    if finding is None and reads > READ_BUDGET:
+        finding = (f"work: read {dev.stats.bytes_read:,} bytes in {dev.stats.reads:,} reads over {passes} passes "
+                   f"of a {len(raw):,}-byte file ({reads:.1f} per pass, budget {READ_BUDGET}), outcome {outcome}")
     if finding is None and peak >= MEMORY_LIMIT:
         finding = f"memory: tracemalloc peak {peak >> 20} MiB (limit {MEMORY_LIMIT >> 20} MiB), outcome {outcome}"
-    return finding, outcome, secs, peak
+    return finding, outcome, Work(cpu.seconds, reads, peak)
 
 
 def _key_for(seed_index: int):
     return FUZZ_KEY if seeds()[seed_index][0] == "enc" else None
 
 
+_FINDINGS_DIR: list = []
+
+
+def findings_dir() -> Path:
+    """A temporary directory for this run's findings, made on the first one."""
+    if not _FINDINGS_DIR:
+        _FINDINGS_DIR.append(Path(tempfile.mkdtemp(prefix="nvbox-fuzz-findings-")))
+    return _FINDINGS_DIR[0]
+
+
 def save_finding(seed_index: int, muts, raw: bytes, finding: str) -> Path:
-    REGRESSIONS.mkdir(exist_ok=True)
+    """Write a finding as NAME.nvbox + NAME.json (the fuzz_regressions/ format) into
+    findings_dir(); copy the pair into fuzz_regressions/ to keep it as a regression."""
     h = hashlib.sha256(raw).hexdigest()[:16]
-    path = REGRESSIONS / f"{seeds()[seed_index][0]}-{h}.nvbox"
+    path = findings_dir() / f"{seeds()[seed_index][0]}-{h}.nvbox"
     path.write_bytes(raw)
     meta = {"seed": seeds()[seed_index][0], "mutations": [list(m) for m in muts], "finding": finding,
             "key": "fuzz-key" if _key_for(seed_index) else None}
@@ -342,11 +369,11 @@ def save_finding(seed_index: int, muts, raw: bytes, finding: str) -> Path:
     return path
 
 
-def _tally(outcome: str, secs: float, peak: int, finding) -> None:
+def _tally(outcome: str, work: Work, finding) -> None:
     TOTALS["inputs"] += 1
-    TOTALS["seconds"] += secs
-    TOTALS["max_seconds"] = max(TOTALS["max_seconds"], secs)
-    TOTALS["max_peak"] = max(TOTALS["max_peak"], peak)
+    TOTALS["max_cpu"] = max(TOTALS["max_cpu"], work.cpu)
+    TOTALS["max_peak"] = max(TOTALS["max_peak"], work.peak)
+    TOTALS["max_reads"] = max(TOTALS["max_reads"], work.reads)
     TOTALS["codes"][outcome] = TOTALS["codes"].get(outcome, 0) + 1
     if finding:
         TOTALS["findings"] += 1
@@ -361,8 +388,8 @@ def _tally(outcome: str, secs: float, peak: int, finding) -> None:
 def _bulk_chunk(args):
     start, count, base_seed = args
     tracemalloc.start()
-    findings, codes = [], {}
-    max_secs = max_peak = total = 0.0
+    findings = []
+    stats = {"inputs": count, "codes": {}, "max_cpu": 0.0, "max_peak": 0, "max_reads": 0.0, "cpu_seconds": 0.0}
     nseeds = len(seeds())
     for i in range(start, start + count):
         rng = random.Random(f"{base_seed}:{i}")
@@ -370,30 +397,33 @@ def _bulk_chunk(args):
         si = rng.randrange(nseeds - 1) if rng.random() < 11 / 12 else nseeds - 1
         muts = random_mutations(rng, si)
         raw = apply(si, muts)
-        finding, outcome, secs, peak = run_one(raw, _key_for(si))
-        codes[outcome] = codes.get(outcome, 0) + 1
-        max_secs, max_peak, total = max(max_secs, secs), max(max_peak, peak), total + secs
+        finding, outcome, work = run_one(raw, _key_for(si))
+        stats["codes"][outcome] = stats["codes"].get(outcome, 0) + 1
+        stats["max_cpu"] = max(stats["max_cpu"], work.cpu)
+        stats["max_peak"] = max(stats["max_peak"], work.peak)
+        stats["max_reads"] = max(stats["max_reads"], work.reads)
+        stats["cpu_seconds"] += work.cpu
         if finding:
             findings.append((si, muts, raw, finding))
     tracemalloc.stop()
-    return count, codes, max_secs, max_peak, total, findings
+    return stats, findings
 
 
 def bulk(n: int, base_seed: str = "nvbox-fuzz", jobs: int = 2, chunk: int = 500):
     """Run n seeded random inputs over ``jobs`` processes; returns (stats, findings)."""
     seeds(), [sites(i) for i in range(len(seeds()))]   # build before forking
     tasks = [(s, min(chunk, n - s), base_seed) for s in range(0, n, chunk)]
-    stats = {"inputs": 0, "codes": {}, "max_seconds": 0.0, "max_peak": 0, "cpu_seconds": 0.0}
+    stats = {"inputs": 0, "codes": {}, "max_cpu": 0.0, "max_peak": 0, "max_reads": 0.0, "cpu_seconds": 0.0}
     findings = []
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()     # reported, never judged
     with mp.get_context("fork").Pool(jobs) as pool:
-        for count, codes, ms, mp_, tot, f in pool.imap_unordered(_bulk_chunk, tasks):
-            stats["inputs"] += count
-            for k, v in codes.items():
+        for part, f in pool.imap_unordered(_bulk_chunk, tasks):
+            stats["inputs"] += part["inputs"]
+            for k, v in part["codes"].items():
                 stats["codes"][k] = stats["codes"].get(k, 0) + v
-            stats["max_seconds"] = max(stats["max_seconds"], ms)
-            stats["max_peak"] = max(stats["max_peak"], mp_)
-            stats["cpu_seconds"] += tot
+            for k in ("max_cpu", "max_peak", "max_reads"):
+                stats[k] = max(stats[k], part[k])
+            stats["cpu_seconds"] += part["cpu_seconds"]
             findings += f
     stats["wall_seconds"] = time.perf_counter() - t0
     stats["rate"] = stats["inputs"] / stats["wall_seconds"]
@@ -419,7 +449,7 @@ def _regression_param(path: Path):
 def test_regressions(path, meta):
     raw = path.read_bytes()
     key = FUZZ_KEY if meta.get("key") else None
-    finding, outcome, secs, peak = run_one(raw, key)
+    finding, outcome, work = run_one(raw, key)
     assert finding is None, finding
 
 
@@ -427,7 +457,7 @@ def test_regressions(path, meta):
 
 def test_seeds_are_valid_and_field_sites_found():
     for i, (name, raw) in enumerate(seeds()):
-        assert exercise(raw, _key_for(i)) == "ok:clean", name
+        assert exercise(raw, _key_for(i))[0] == "ok:clean", name
         if name != "enc":
             s = sites(i)
             assert s["fields"] and (name == "empty" or len(s["refs"]) > 3)
@@ -440,11 +470,37 @@ def test_field_mutations_get_past_the_checksums():
     codes = {}
     for _ in range(300):
         muts = [("field", rng.randrange(1 << 16), rng.choice(_interesting(64, rng.getrandbits(64))))]
-        out = exercise(apply(2, muts))
+        out = exercise(apply(2, muts))[0]
         codes[out] = codes.get(out, 0) + 1
     checksum = codes.get("cluster.checksum", 0) + codes.get("slot.none_valid", 0) + codes.get("header.checksum", 0)
     assert checksum < 150, codes
     assert len(codes) >= 6, codes
+
+
+def test_harness_bounds_have_teeth(monkeypatch):
+    """Each bound turns into a finding when an input passes it (here: bounds set below
+    what a valid seed costs), and a saved finding lands outside the source tree."""
+    raw = seeds()[2][1]
+    assert run_one(raw)[0] is None
+    this = sys.modules[__name__]
+    monkeypatch.setattr(this, "READ_BUDGET", 0.5)
+    finding, outcome, work = run_one(raw)
+    assert finding.startswith("work: read ") and outcome == "ok:clean" and work.reads > 0.5, finding
+    monkeypatch.setattr(this, "READ_BUDGET", 8)
+    monkeypatch.setattr(this, "CPU_LIMIT", 0.001)
+    assert run_one(raw)[0].startswith("slow: still running after 0.001 s of CPU time")
+    monkeypatch.setattr(this, "CPU_LIMIT", 2.0)
+    monkeypatch.setattr(this, "MEMORY_LIMIT", 1)
+    assert run_one(raw)[0].startswith("memory: ")
+    monkeypatch.setattr(this, "_FINDINGS_DIR", [])
+    saved = save_finding(2, [("flip", 0, 0)], raw, "example")
+    try:
+        assert HERE.parent.parent not in saved.parents and saved.read_bytes() == raw
+        assert json.loads(saved.with_suffix(".json").read_text())["mutations"] == [["flip", 0, 0]]
+    finally:
+        saved.unlink()
+        saved.with_suffix(".json").unlink()
+        saved.parent.rmdir()
 
 
 def _strategy_mutation(n: int, plain: bool):
@@ -477,32 +533,37 @@ def fuzz_inputs(draw):
 def test_fuzz_hypothesis(case):
     si, muts = case
     raw = apply(si, muts)
-    finding, outcome, secs, peak = run_one(raw, _key_for(si))
-    _tally(outcome, secs, peak, finding)
+    finding, outcome, work = run_one(raw, _key_for(si))
+    _tally(outcome, work, finding)
     if finding:
-        save_finding(si, muts, raw, finding)
-    assert finding is None, f"seed {seeds()[si][0]}, mutations {muts}: {finding}"
+        saved = save_finding(si, muts, raw, finding)
+        pytest.fail(f"seed {seeds()[si][0]}, mutations {muts}: {finding} (saved as {saved})")
 
 
-def test_fuzz_bulk(capsys):
+def test_fuzz_bulk():
     """BULK_INPUTS seeded random inputs over two processes (CI: 100,000)."""
     stats, findings = bulk(BULK_INPUTS)
     TOTALS["bulk"] = stats
-    saved = [save_finding(si, muts, raw, f) for si, muts, raw, f in findings]
-    with capsys.disabled():
-        print(f"\n[fuzz] bulk: {stats['inputs']} inputs in {stats['wall_seconds']:.0f} s "
-              f"({stats['rate']:.0f}/s on 2 processes), slowest {stats['max_seconds'] * 1000:.0f} ms, "
-              f"peak {stats['max_peak'] >> 10} KiB, findings {len(findings)}")
-        for f in findings[:10]:
-            print("   ", seeds()[f[0]][0], f[1], f[3])
     assert stats["inputs"] == BULK_INPUTS
-    assert not findings, f"{len(findings)} findings, saved as {[p.name for p in saved[:5]]}: {findings[0][3]}"
+    if findings:
+        saved = [save_finding(si, muts, raw, f) for si, muts, raw, f in findings]
+        listing = "\n".join(f"  {seeds()[si][0]} {muts}: {f}" for si, muts, _raw, f in findings[:10])
+        pytest.fail(f"{len(findings)} findings, saved in {saved[0].parent} (copy a NAME.nvbox + NAME.json pair "
+                    f"into {REGRESSIONS} to keep it as a regression):\n{listing}")
 
 
-def test_zz_fuzz_totals(capsys):
-    with capsys.disabled():
-        b = TOTALS.get("bulk", {})
-        print(f"\n[fuzz] hypothesis inputs {TOTALS['inputs']}, bulk inputs {b.get('inputs', 0)}, "
-              f"total {TOTALS['inputs'] + b.get('inputs', 0)}; slowest input "
-              f"{max(TOTALS['max_seconds'], b.get('max_seconds', 0)) * 1000:.0f} ms; "
-              f"findings {TOTALS['findings']}")
+def summary() -> list[str]:
+    """The totals of this run, for the report at the end of the test session (conftest.py)."""
+    if not TOTALS["inputs"] and "bulk" not in TOTALS:
+        return []
+    b = TOTALS.get("bulk", {})
+    lines = [f"hypothesis inputs {TOTALS['inputs']:,}, findings {TOTALS['findings']}, slowest "
+             f"{TOTALS['max_cpu'] * 1000:.0f} ms CPU, most read {TOTALS['max_reads']:.1f} x the file per pass, "
+             f"tracemalloc peak {TOTALS['max_peak'] >> 10} KiB"]
+    if b:
+        lines.append(f"bulk inputs {b['inputs']:,} in {b['wall_seconds']:.0f} s ({b['rate']:.0f}/s on 2 processes), "
+                     f"slowest {b['max_cpu'] * 1000:.0f} ms CPU, most read {b['max_reads']:.1f} x the file per pass "
+                     f"(budget {READ_BUDGET}), tracemalloc peak {b['max_peak'] >> 10} KiB")
+    if _FINDINGS_DIR:
+        lines.append(f"findings saved in {_FINDINGS_DIR[0]}")
+    return lines
