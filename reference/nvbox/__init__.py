@@ -18,7 +18,8 @@ spec/nvbox.md.
 
 from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
 from .errors import NvboxError, error_class
-from .image import BlobIO, BlobStat, Image, SnapshotInfo, create, open_image, parse_size
+from .image import BlobIO, Image, create, open_image, parse_size
+from .records import BlobStat, SnapshotInfo
 
 open = open_image  # noqa: A001 - nvbox.open mirrors the built-in on purpose
 

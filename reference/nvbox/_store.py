@@ -27,10 +27,10 @@ clusters of a given kind, and keeps counts.
 from __future__ import annotations
 
 import heapq
-import os
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
+from dataclasses import replace
 
 from . import _format as fmt
 from .errors import raise_code
@@ -253,10 +253,20 @@ class ClusterStore:
             return c
         return self.durable_count(index)
 
+    @property
+    def node_cache(self) -> OrderedDict:
+        """Decoded durable nodes by (offset, crc, tag, kind): filled only after
+        every check, so still right for another store of the same file and cipher."""
+        return self._cache
+
+    def adopt_cache(self, cache: OrderedDict) -> None:
+        """Use ``cache`` (another store's ``node_cache``, same file and cipher)."""
+        self._cache = cache
+
     def durable_count(self, index: int) -> int:
         if index >= self.durable.image_clusters:
             return 0
-        block = self._durable_block(index // self.geo.counts_per_block)
+        block = self.durable_block(index // self.geo.counts_per_block)
         return 0 if block is None else block[index % self.geo.counts_per_block]
 
     def durable_used(self) -> int:
@@ -265,20 +275,21 @@ class ClusterStore:
         per, total = self.geo.counts_per_block, self.durable.image_clusters
         used = 0
         for k in range(-(-total // per)):
-            block = self._durable_block(k)
+            block = self.durable_block(k)
             if block is not None:
                 counts = block[:min(per, total - k * per)]
                 used += len(counts) - counts.count(0)
         return used
 
-    def _durable_block(self, k: int):
+    def durable_block(self, k: int):
         """Counts of durable refcount block ``k`` (None if it is a hole)."""
-        ptr = self._durable_ref_pointer(k)
+        ptr = self.durable_block_pointer(k)
         if ptr is None:
             return None
         return self.read_cached(ptr, fmt.KIND_REFBLOCK, lambda raw: array("H", raw))
 
-    def _durable_ref_pointer(self, k: int):
+    def durable_block_pointer(self, k: int):
+        """The durable pointer to refcount block ``k``, or None where the tree has a hole."""
         slot = self.durable
         ptr, level = slot.refcount_root, slot.refcount_depth
         geo = self.geo
@@ -314,21 +325,35 @@ class ClusterStore:
         c = self.count(i)
         if c <= 0:
             raise_code("refcount.tree", f"cluster {i} is referenced but its count is already 0")
-        self.set_count(i, c - 1)
         if c == 1:
-            self._release(i)
+            self.release(i)
+        else:
+            self.set_count(i, c - 1)
         return c - 1
 
-    def _release(self, i: int) -> None:
+    def release(self, i: int) -> None:
+        """Cluster ``i``'s count becomes 0: free at once if this transaction
+        allocated it (never durable), after the commit otherwise (R-alloc-2)."""
+        self.set_count(i, 0)
         if i in self.fresh:
-            # Never durable: reusable at once.
             self.fresh.discard(i)
             self._add_candidate(i)
         else:
             self.freed.add(i)
 
-    def is_fresh(self, ptr: fmt.Pointer) -> bool:
-        return (ptr.offset >> self.geo.cluster_bits) in self.fresh
+    def correct_count(self, i: int, value: int) -> None:
+        """Set cluster ``i``'s count to what check found it must be (repair).
+        A cluster corrected to 0 is referenced by nothing reachable, not even
+        from the durable slot, so it is allocatable at once."""
+        self.set_count(i, value)
+        if value == 0:
+            self._add_candidate(i)
+
+    def rescan_from(self, first: int) -> None:
+        """Look for free clusters from cluster ``first`` up again, ignoring the
+        durable ``alloc_hint`` (repair: a wrong hint is one thing it fixes)."""
+        self._scan_from = max(first, self.geo.header_clusters)
+        self._scan_block = self._scan_from // self.geo.counts_per_block
 
     # -- allocation (R-alloc-1..3) ----------------------------------------------
 
@@ -383,7 +408,7 @@ class ClusterStore:
         end = min(per, self.durable.image_clusters - base)
         j = max(0, self._scan_from - base)   # clusters below _scan_from are in use
         found = False
-        block = self._durable_block(k)
+        block = self.durable_block(k)
         if block is None:   # a hole in the refcount tree: every count is 0
             for j in range(j, end):
                 self._add_candidate(base + j)
@@ -564,6 +589,18 @@ class ClusterStore:
             leaf = self._ref_leaves[k]
         return leaf
 
+    @property
+    def committed_refcount_root(self):
+        """The refcount root while it is still the committed node (None once this
+        transaction replaced it with an in-memory one)."""
+        return self._ref_root_ptr
+
+    def copy_refcount_node(self, level: int, k: int) -> None:
+        """Copy the refcount node at ``level`` covering block/child index ``k``
+        (and the nodes above it) into this transaction, so the commit writes it
+        anew where the allocator puts it (compaction moves it low this way)."""
+        self._ref_path_node(level, k)
+
     def _ref_path_node(self, level: int, k: int):
         """Copy (or create) the refcount node at ``level`` covering block/child
         index ``k``, and every node above it, into this transaction."""
@@ -649,19 +686,10 @@ class ClusterStore:
         self.stats.flushes += 1
         if mac is not None:
             body = slot.encode_unsigned()
-            slot = _with_mac(slot, mac(bytes(body[:476])))
+            slot = replace(slot, slot_mac=mac(bytes(body[:476])))
         raw = slot.encode()
         self.dev.write(fmt.SLOT_OFFSETS[(slot.generation + 1) % 2], raw)
         self.stats.bytes_written += len(raw)
         self.dev.flush()
         self.stats.flushes += 1
         self.stats.commits += 1
-
-
-def _with_mac(slot: fmt.Slot, mac: bytes) -> fmt.Slot:
-    from dataclasses import replace
-    return replace(slot, slot_mac=mac)
-
-
-def random_bytes(n: int) -> bytes:
-    return os.urandom(n)

@@ -94,7 +94,7 @@ class _Walker:
 
 def check_image(image, progress=None) -> CheckResult:
     """Verify every structure and count of ``image`` (open, any mode)."""
-    image._check_open()
+    image.check_open()
     w = _Walker(image, progress)
     w.walk(image.slot)
     _compare_counts(w)
@@ -109,7 +109,7 @@ def _compare_counts(w: _Walker) -> None:
     per = geo.counts_per_block
     for k in range(-(-total // per)):
         try:
-            block = store._durable_block(k)
+            block = store.durable_block(k)
         except NvboxError as exc:
             w.problem(exc.code, f"refcount block {k}: {exc.message}")
             return
@@ -135,15 +135,15 @@ def repair_image(image, mode: str = "all", progress=None) -> CheckResult:
     with ``repaired`` listing what changed.
 
     Raises:
-        NvboxError: ``usage.argument`` when structural corruption makes a safe
+        NvboxError: ``repair.refused`` when structural corruption makes a safe
         repair impossible (nothing is changed then).
     """
     if mode not in ("leaks", "all"):
         raise_code("usage.argument", "repair mode must be 'leaks' or 'all'")
-    image._check_writable()
+    image.check_writable()
     result = check_image(image, progress)
     if result.corruptions:
-        raise_code("usage.argument", "structural corruption: repair would risk data; nothing was changed "
+        raise_code("repair.refused", "structural corruption: repair would risk data; nothing was changed "
                                      f"({result.corruptions[0]['code']}: {result.corruptions[0]['message']})")
     fixes = list(result.leaks)
     if mode == "all":
@@ -151,15 +151,14 @@ def repair_image(image, mode: str = "all", progress=None) -> CheckResult:
     if not fixes:
         return result
     store = image.store
-    with image._change():
+    with image.transaction():
+        image.txn.mark_changed()
         # Rescan from the start: a wrong alloc_hint is one of the things repaired.
-        store._scan_from, store._scan_block = image.geo.header_clusters, 0
+        store.rescan_from(0)
         # Every count is set before anything is allocated, so the commit's own
         # allocations can only take clusters that are really free.
         for f in fixes:
-            store.set_count(f["cluster"], f["expected"])
-            if f["expected"] == 0:
-                store._add_candidate(f["cluster"])
+            store.correct_count(f["cluster"], f["expected"])
     result.repaired = [dict({"cluster": f["cluster"], "from": f["count"], "to": f["expected"]},
                             **({"reason": f["reason"]} if "reason" in f else {})) for f in fixes]
     return result

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import _format as fmt
-from ._store import _SCAN_BLOCKS
+from ._tree import Visitor
 from .check import check_image
 from .errors import raise_code
 
@@ -32,12 +32,20 @@ _MAX_PASSES = 8
 
 
 class _Relocator:
+    """One pass's moves, driven by the tree visitor in post-order: every child
+    is placed before its parent, so a parent is rewritten once, with its
+    children's new pointers.  ``memo`` maps each cluster reached to its new
+    pointer (itself when it stays), so a cluster shared by several parents (a
+    snapshot and the active state) moves once, and its count moves with it."""
+
     def __init__(self, image, cutoff: int):
-        self.img, self.store, self.trees = image, image.store, image.trees
+        self.img, self.store = image, image.store
         self.bits = image.geo.cluster_bits
         self.cutoff = cutoff
         self.memo: dict[int, fmt.Pointer] = {}
         self.moved = 0
+        # One walk for every directory of the pass: what one tree reached, the next finds in memo.
+        self.walk = Visitor(self.store.read_raw, image.geo, image.slot.image_clusters, post_order=True)
 
     def _move(self, ptr: fmt.Pointer, kind: int, plaintext: bytes, changed: bool = False) -> fmt.Pointer:
         """Write ``plaintext`` to a new cluster replacing ``ptr``'s.  A node whose
@@ -48,15 +56,13 @@ class _Relocator:
         new = store.allocate(1)
         if new >= old and not changed:
             # No free cluster below this one: moving would not help.
-            store.set_count(new, 0)
-            store._release(new)
+            store.release(new)
             return ptr
         new_ptr = store.write_cluster(new, kind, plaintext)
         # Every parent of the old cluster is redirected here (memo), so the
         # count moves over unchanged and the old cluster is freed.
         store.set_count(new, store.count(old))
-        store.set_count(old, 0)
-        store.freed.add(old)
+        store.release(old)
         self.moved += 1
         return new_ptr
 
@@ -64,7 +70,12 @@ class _Relocator:
         self.memo[old.offset >> self.bits] = new
         return new
 
+    def _new(self, ptr: fmt.Pointer) -> fmt.Pointer:
+        """Where a child placed earlier in the walk now is."""
+        return ptr if ptr.is_null else self.memo[ptr.offset >> self.bits]
+
     def data(self, ptr: fmt.Pointer, kind=fmt.KIND_DATA) -> fmt.Pointer:
+        """A leaf cluster (data, or the key slot table): moved if at or above the cutoff."""
         if ptr.is_null:
             return ptr
         hit = self.memo.get(ptr.offset >> self.bits)
@@ -74,53 +85,47 @@ class _Relocator:
             return self._done(ptr, ptr)
         return self._done(ptr, self._move(ptr, kind, self.store.read_raw(ptr, kind)))
 
-    def cluster_map(self, ptr: fmt.Pointer, depth: int, data_kind=fmt.KIND_DATA) -> fmt.Pointer:
-        if depth == 0 or ptr.is_null:
-            return self.data(ptr, data_kind)
-        hit = self.memo.get(ptr.offset >> self.bits)
-        if hit is not None:
-            return hit
-        children = self.trees.map_node(ptr)
-        moved = [self.cluster_map(c, depth - 1, data_kind) for c in children]
-        changed = moved != list(children)
+    def _node(self, ptr: fmt.Pointer, kind: int, changed: bool, encode) -> None:
         if not changed and ptr.offset >> self.bits < self.cutoff:
-            return self._done(ptr, ptr)
-        return self._done(ptr, self._move(ptr, fmt.KIND_MAP, fmt.encode_pointers(moved, self.img.geo), changed))
+            self._done(ptr, ptr)
+        else:
+            self._done(ptr, self._move(ptr, kind, encode(), changed))
 
     def directory(self, ptr: fmt.Pointer, level: int) -> fmt.Pointer:
-        hit = self.memo.get(ptr.offset >> self.bits)
-        if hit is not None:
-            return hit
-        node = self.trees.dir_node(ptr, level)
-        if level == 0:
-            items = [e if e.inline is not None else replace(e, root=self.cluster_map(e.root, e.depth))
-                     for e in node.items]
-        else:
-            items = [replace(b, child=self.directory(b.child, level - 1)) for b in node.items]
-        changed = items != list(node.items)
-        if not changed and ptr.offset >> self.bits < self.cutoff:
-            return self._done(ptr, ptr)
-        return self._done(ptr, self._move(ptr, fmt.KIND_DIR, fmt.encode_dir_node(level, items, self.img.geo),
-                                          changed))
+        """Relocate the directory tree whose root (at ``level``) is ``ptr``, its
+        blobs' maps and data; return the root's new pointer."""
+        geo = self.img.geo
+        for r in self.walk.directory(ptr, level + 1, "compact"):
+            if not r.first:
+                continue    # placed already (memo)
+            if r.kind == "data":
+                self.data(r.ptr)
+            elif r.kind == "map":
+                moved = [self._new(c) for c in r.node]
+                self._node(r.ptr, fmt.KIND_MAP, moved != r.node, lambda: fmt.encode_pointers(moved, geo))
+            elif r.level == 0:
+                items = [e if e.inline is not None else replace(e, root=self._new(e.root)) for e in r.node.items]
+                self._node(r.ptr, fmt.KIND_DIR, items != list(r.node.items),
+                           lambda: fmt.encode_dir_node(0, items, geo))
+            else:
+                items = [replace(b, child=self._new(b.child)) for b in r.node.items]
+                self._node(r.ptr, fmt.KIND_DIR, items != list(r.node.items),
+                           lambda: fmt.encode_dir_node(r.level, items, geo))
+        return self._new(ptr)
 
     def refcount_tree(self) -> None:
         """Copy refcount nodes above the cutoff; the commit's fixpoint places them low."""
-        store, geo = self.store, self.img.geo
-
-        def walk(ptr, level, k):
-            if ptr.is_null:
-                return
-            if level == 1 and store.prune_refcount_leaf(k):
+        store = self.store
+        root = store.committed_refcount_root
+        if root is None:
+            return
+        # The tree as this pass left it (maybe one level less), in pre-order.
+        walk = Visitor(store.read_raw, self.img.geo, self.img.slot.image_clusters)
+        for r in walk.refcount_tree(root, store.refcount_depth):
+            if r.level == 1 and store.prune_refcount_leaf(r.index):
                 self.moved += 1
-                return
-            if ptr.offset >> self.bits >= self.cutoff:
-                store._ref_path_node(level, k)
-            if level > 1:
-                for j, child in enumerate(self.trees.map_node(ptr, fmt.KIND_REFINDEX)):
-                    walk(child, level - 1, k * geo.fanout + j)
-
-        if store._ref_root_ptr is not None:  # the tree as this pass left it (maybe one level less)
-            walk(store._ref_root_ptr, store.refcount_depth, 0)
+            elif r.cluster >= self.cutoff:
+                store.copy_refcount_node(r.level, r.index)
 
 
 def _dead_refcount_blocks(image) -> bool:
@@ -130,7 +135,7 @@ def _dead_refcount_blocks(image) -> bool:
         return False
     first_dead = -(-slot.image_clusters // geo.counts_per_block)
     covered = geo.refcount_coverage(slot.refcount_depth) // geo.counts_per_block
-    return any(image.store._durable_ref_pointer(k) is not None for k in range(first_dead, covered))
+    return any(image.store.durable_block_pointer(k) is not None for k in range(first_dead, covered))
 
 
 def _collapsible(image) -> bool:
@@ -156,18 +161,19 @@ def compact_image(image, progress=None) -> dict:
         {"before": bytes, "after": bytes, "passes": n, "moved": clusters moved}.
 
     Raises:
-        NvboxError: ``usage.argument`` if the image is not clean (run check and
-        repair first), or inside a transaction.
+        NvboxError: ``image.not_clean`` if the image is not clean (run check and
+        repair first); ``usage.argument`` inside a transaction.
     """
-    image._check_writable()
-    if image._txn_depth:
+    image.check_writable()
+    if image.in_transaction:
         raise_code("usage.argument", "compact commits on its own; run it outside a transaction")
     result = check_image(image)
     if result.verdict != "clean":
-        raise_code("usage.argument", f"the image is not clean ({result.verdict}); run check -r first")
+        raise_code("image.not_clean", f"the image is not clean ({result.verdict}); run check -r first")
     dev = image.store.dev
     before = dev.size()
     passes = moved = 0
+    scan_limit = image.store.scan_limit
     try:
         for passes in range(1, _MAX_PASSES + 1):
             image.store.scan_limit = None   # a pass needs every free cluster below the cutoff
@@ -178,30 +184,31 @@ def compact_image(image, progress=None) -> dict:
                 break
             old_clusters = image.slot.image_clusters
             reloc = _Relocator(image, live)
-            with image._change():
-                slot, state = image.slot, image.state
+            with image.transaction():
+                slot, txn = image.slot, image.txn
+                state = txn.directory
                 if image.store.collapse_refcount_root():
                     reloc.moved += 1
                 if state.dir_depth:
-                    state.dir_root = reloc.directory(state.dir_root, state.dir_depth - 1)
+                    txn.set_directory(reloc.directory(state.dir_root, state.dir_depth - 1), state.dir_depth,
+                                      state.blob_count)
                 if slot.snapshot_count:
-                    snaps = image._snapshot_list()
-                    image._snapshots = [replace(s, dir_root=reloc.directory(s.dir_root, s.dir_depth - 1))
-                                        if s.dir_depth else s for s in snaps]
-                    image._snap_dirty = True   # rewritten low, with the new roots
+                    snaps = image.snapshot_records()
+                    # Rewritten low, with the new roots.
+                    txn.set_snapshots([replace(s, dir_root=reloc.directory(s.dir_root, s.dir_depth - 1))
+                                       if s.dir_depth else s for s in snaps])
                 if not slot.keyslots.is_null:
                     new_keyslots = reloc.data(slot.keyslots, 0)
                     if new_keyslots != slot.keyslots:
-                        image._keyslots_dirty = lambda store, p=new_keyslots: p
+                        txn.move_keyslots(new_keyslots)
                 reloc.refcount_tree()
-                image._shrink = True
+                txn.request_shrink()    # the commit cuts the image, then the file
             moved += reloc.moved
-            image._truncate_file()
             if progress:
                 progress(passes, _MAX_PASSES)
             if image.slot.image_clusters >= old_clusters and not reloc.moved:
                 break
     finally:
-        image.store.scan_limit = _SCAN_BLOCKS
+        image.store.scan_limit = scan_limit
     return {"before": before, "after": dev.size(), "passes": passes, "moved": moved,
             "image_clusters": image.slot.image_clusters}

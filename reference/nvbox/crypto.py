@@ -9,20 +9,14 @@ a passphrase (Argon2id, or scrypt where Argon2id is unavailable) or from a key
 file (HKDF-SHA256).  The wrap's associated data ``"NVKS" || image_uuid ||
 slot index`` pins a slot to its position and its image.
 
-From the master key, HKDF-SHA256 (salt = image_uuid) derives
-
-* the **cluster key** (info ``"nvbox v1 cluster"``): every cluster reached
-  through a pointer, except the key slot table, is sealed with AES-256-GCM under
-  it, with associated data ``"NVBX" || image_uuid || offset (u64 LE) || kind
-  (u8)``; a fresh 96-bit nonce from ``os.urandom`` for every write, and nonce
-  and tag stored in the parent pointer (so the tree is a Merkle tree);
-* the **slot MAC key** (info ``"nvbox v1 slot mac"``): HMAC-SHA256 over bytes
-  0..475 of every commit slot.
-
-The store calls ``Cipher.encrypt``/``decrypt``; ``Image._load`` calls
-``unlock`` and ``Cipher.verify_slot``; ``create`` calls ``setup_for_create``.
-Key slot changes (``image.key_slots``) are ordinary commits: a new key slot
-table cluster is written and the commit slot names it.
+What the master key seals (clusters, commit slots) is ``nvbox._seal``'s
+``Cipher``, the layer the cluster store uses; this module is the layer above
+it, working on an open image: it finds the master key from a ``Key`` and the
+key slot table (``unlock``, called by ``Image._load``), makes the first table
+(``setup_for_create``, for ``create``), and changes the table
+(``image.key_slots``).  Key slot changes are ordinary commits: the
+transaction carries the new table as data, and the commit writes it to a new
+cluster that the commit slot names.
 
 Public API::
 
@@ -46,19 +40,16 @@ always uses the parameters recorded in the slot.  Where Argon2id is missing
 from __future__ import annotations
 
 import functools
-import hmac
 import os
-import struct
-from collections import deque
 from dataclasses import dataclass
-from itertools import repeat
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from . import _format as fmt
-from .errors import NvboxError, raise_code
+from ._seal import KEY_SIZE, NONCE_SIZE, Cipher, hkdf_sha256
+from .errors import raise_code
 
 try:  # cryptography >= 44 with OpenSSL >= 3.2
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -72,13 +63,6 @@ KIND_EMPTY, KIND_ARGON2ID, KIND_SCRYPT, KIND_KEYFILE = 0, 1, 2, 3
 KDF_PROFILE_ENV = "NVBOX_KDF_PROFILE"
 PASSPHRASE_ENV = "NVBOX_PASSPHRASE"
 MIN_KEY_FILE = 16
-TAG_SIZE, NONCE_SIZE, KEY_SIZE = 16, 12, 32
-
-# AESGCM.encrypt_into is in the cryptography these tests run (50.0) but not
-# necessarily in every release pyproject.toml accepts; Cipher.encrypt_run falls back.
-_HAVE_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
-_INFO_CLUSTER = b"nvbox v1 cluster"
-_INFO_SLOT_MAC = b"nvbox v1 slot mac"
 _INFO_KEY_FILE = b"nvbox v1 key file"
 
 
@@ -119,26 +103,9 @@ def argon2_available() -> bool:
             try:
                 Argon2id(salt=bytes(16), length=32, iterations=1, lanes=1, memory_cost=8).derive(b"probe")
                 _argon2_ok = True
-            except Exception:  # UnsupportedAlgorithm from an OpenSSL without Argon2
+            except UnsupportedAlgorithm:  # an OpenSSL without Argon2
                 _argon2_ok = False
     return _argon2_ok
-
-
-def _hkdf_extract(ikm: bytes, salt: bytes) -> bytes:
-    """HKDF-SHA256's extract step (RFC 5869 section 2.2): PRK = HMAC(salt, ikm)."""
-    return hmac.digest(salt, ikm, "sha256")
-
-
-def _hkdf_expand32(prk: bytes, info: bytes) -> bytes:
-    """HKDF-SHA256's expand step for one 32-byte output (RFC 5869 section 2.3:
-    T(1) = HMAC(PRK, info || 0x01)).  hmac.digest runs in C; the cryptography
-    package's HKDF object costs three times as much per call, and an open
-    derives two keys."""
-    return hmac.digest(prk, info + b"\x01", "sha256")
-
-
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return _hkdf_expand32(_hkdf_extract(ikm, salt), info)
 
 
 def _check_params(p: KdfParams, index: int) -> None:
@@ -171,7 +138,7 @@ def _derive_kek(secret: bytes, p: KdfParams, salt: bytes) -> bytes:
     if p.kind == KIND_SCRYPT:
         return Scrypt(salt=salt, length=KEY_SIZE, n=1 << p.time, r=p.memory, p=p.lanes).derive(secret)
     if p.kind == KIND_KEYFILE:
-        return _hkdf(secret, salt, _INFO_KEY_FILE)
+        return hkdf_sha256(secret, salt, _INFO_KEY_FILE)
     raise ValueError(p.kind)
 
 
@@ -253,12 +220,6 @@ class Key:
         value = environ.get(PASSPHRASE_ENV)
         return None if value is None else cls(value.encode("utf-8"), "passphrase", kdf=kdf)
 
-    @classmethod
-    def _session(cls, master: bytes) -> "Key":
-        """The master key itself: keeps an open handle able to reload after its
-        own key's slot was removed.  Never written anywhere."""
-        return cls(master, "master")
-
     def __repr__(self):
         return f"<nvbox.crypto.Key {self.source}>"
 
@@ -284,12 +245,13 @@ class Key:
             return ARGON2ID_FAST if self._fast() else ARGON2ID_DEFAULT
         return SCRYPT_FAST if self._fast() else SCRYPT_DEFAULT
 
-    def _matches(self, kind: int) -> bool:
+    def matches(self, kind: int) -> bool:
+        """True if this key could open a slot of ``kind`` (a key file only key-file slots...)."""
         if self.source == "keyfile":
             return kind == KIND_KEYFILE
         return self.source == "passphrase" and kind in (KIND_ARGON2ID, KIND_SCRYPT)
 
-    def _cached_cipher(self, image_uuid: bytes, table: bytes, crc: int) -> "Cipher | None":
+    def cached_cipher(self, image_uuid: bytes, table: bytes, crc: int) -> "Cipher | None":
         """The cipher this key unlocked from exactly these table bytes, if any.
 
         A valid table is its 800-byte head followed by zeros (R-enc-2), so the
@@ -307,7 +269,8 @@ class Key:
             return None
         return cipher
 
-    def _remember(self, image_uuid: bytes, table: bytes, crc: int, cipher: "Cipher") -> None:
+    def remember(self, image_uuid: bytes, table: bytes, crc: int, cipher: "Cipher") -> None:
+        """Keep ``cipher`` as what this key unlocks from these table bytes (see ``cached_cipher``)."""
         if len(self._unlocked) >= self._UNLOCKED_MAX:
             self._unlocked.clear()
         self._unlocked[image_uuid] = (bytes(table[:_TABLE_HEAD]), _zero_tail(len(table)), crc, cipher)
@@ -319,152 +282,29 @@ class Key:
             kek = self._keks[k] = _derive_kek(self._secret, p, salt)
         return kek
 
+    # -- wrapping the master key -----------------------------------------------------------------
 
-def _make_slot(key: Key, master: bytes, image_uuid: bytes, index: int) -> fmt.KeySlot:
-    if not isinstance(key, Key):
-        raise_code("usage.argument", "expected an nvbox.crypto.Key")
-    p = key.new_params()
-    salt = os.urandom(16)
-    nonce = os.urandom(NONCE_SIZE)
-    sealed = AESGCM(key._kek(p, salt)).encrypt(nonce, master, _wrap_aad(image_uuid, index))
-    return fmt.KeySlot(p.kind, p.time, p.memory, p.lanes, salt, nonce, sealed[:KEY_SIZE], sealed[KEY_SIZE:])
+    def wrap(self, master: bytes, image_uuid: bytes, index: int) -> fmt.KeySlot:
+        """Key slot ``index`` holding ``master`` wrapped under this key (fresh salt and nonce)."""
+        p = self.new_params()
+        salt = os.urandom(16)
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = AESGCM(self._kek(p, salt)).encrypt(nonce, master, _wrap_aad(image_uuid, index))
+        return fmt.KeySlot(p.kind, p.time, p.memory, p.lanes, salt, nonce, sealed[:KEY_SIZE], sealed[KEY_SIZE:])
 
-
-def _open_slot(key: Key, ks: fmt.KeySlot, image_uuid: bytes, index: int) -> bytes | None:
-    """The master key if ``key`` opens slot ``index``, else None."""
-    p = KdfParams(ks.kind, ks.kdf_time, ks.kdf_memory, ks.kdf_lanes)
-    kek = key._kek(p, ks.salt)
-    try:
-        return AESGCM(kek).decrypt(ks.nonce, ks.wrapped_key + ks.wrap_tag, _wrap_aad(image_uuid, index))
-    except InvalidTag:
-        return None
-
-
-# -- the cipher ------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=64)
-def _splitter(width: int, gap: int, n: int) -> struct.Struct:
-    return struct.Struct(f"{gap}x{width}s" * n)
-
-
-def _split(buf, width: int, gap: int, n: int) -> list:
-    """``n`` bytes objects of ``width`` bytes, each after ``gap`` skipped bytes
-    (one unpack: a tenth to a twentieth of the time of a slice each)."""
-    return list(_splitter(width, gap, n).unpack_from(buf))
-
-
-class SealSlots:
-    """Output buffers for ``Cipher.encrypt_run``, made once and reused: one per
-    cluster (ciphertext and tag, as ``encrypt_into`` writes them), with views of
-    the two parts.  A new buffer and two views per cluster cost a fifth of the
-    sealing time (and the garbage collector's time for 32,768 views a 64 MiB write)."""
-
-    def __init__(self, cluster_size: int, count: int):
-        self.cluster_size = cluster_size
-        self.buffers = [bytearray(cluster_size + TAG_SIZE) for _ in range(count)]
-        self.ciphertexts = [memoryview(b)[:cluster_size] for b in self.buffers]
-        self.tags = [memoryview(b)[cluster_size:] for b in self.buffers]
-
-
-class Cipher:
-    """AES-256-GCM for clusters and HMAC-SHA256 for commit slots, under one master key."""
-
-    def __init__(self, master: bytes, image_uuid: bytes):
-        if len(master) != KEY_SIZE or len(image_uuid) != 16:
-            raise ValueError("master key must be 32 bytes and the uuid 16")
-        self._master = bytes(master)
-        self.image_uuid = bytes(image_uuid)
-        prk = _hkdf_extract(self._master, self.image_uuid)
-        self._aead = AESGCM(_hkdf_expand32(prk, _INFO_CLUSTER))
-        self._mac_key = _hkdf_expand32(prk, _INFO_SLOT_MAC)
-        self._prefix = b"NVBX" + self.image_uuid
-        self._aad = struct.Struct(f"<{len(self._prefix)}sQB")    # R-enc-5: prefix, offset, kind
-        self._verified_slot = None      # the last commit slot body whose MAC checked out
-
-    def __repr__(self):
-        return "<nvbox.crypto.Cipher AES-256-GCM>"
-
-    def aad(self, offset: int, kind: int) -> bytes:
-        return self._aad.pack(self._prefix, offset, kind)
-
-    def encrypt(self, offset: int, kind: int, plaintext) -> tuple[bytes, bytes, bytes]:
-        """Seal one cluster: (ciphertext of the same length, nonce, tag).  A fresh
-        random nonce every call (R-enc-6)."""
-        if not 1 <= kind <= 255:
-            raise ValueError("kind 0 (the key slot table) is never encrypted")
-        nonce = self._fresh_nonces(1)
-        out = self._aead.encrypt(nonce, bytes(plaintext), self.aad(offset, kind))
-        return out[:-TAG_SIZE], nonce, out[-TAG_SIZE:]
-
-    def encrypt_run(self, offset: int, cluster_size: int, kind: int, clusters, slots=None) -> tuple[list, list, list]:
-        """Seal consecutive clusters, the first at ``offset``, each exactly
-        ``cluster_size`` bytes (any buffers): (ciphertexts, nonces, tags), the
-        same as ``encrypt`` on each.  The ciphertexts are views into ``slots``
-        (a ``SealSlots`` with room for the run; a new one when not given), so
-        they hold until that is used again: write them out first.
-
-        Every step is a ``map`` of C functions, so there is no Python frame per
-        cluster (at 4 KiB clusters, 64 MiB is 16,384 of them), and reused slots
-        mean no new buffer or view per cluster either: the AEAD's own per-call
-        cost, about 1 us in ``cryptography``, is the larger part that is left."""
-        if not 1 <= kind <= 255:
-            raise ValueError("kind 0 (the key slot table) is never encrypted")
-        n = len(clusters)
-        if any(map(cluster_size.__ne__, map(len, clusters))):
-            raise ValueError("encrypt_run takes whole clusters")
-        if slots is None or slots.cluster_size != cluster_size or len(slots.buffers) < n:
-            slots = SealSlots(cluster_size, n)
-        nonces = _split(self._fresh_nonces(n), NONCE_SIZE, 0, n)
-        aads = map(self._aad.pack, repeat(self._prefix), range(offset, offset + n * cluster_size, cluster_size),
-                   repeat(kind))
-        seal_into = self._aead.encrypt_into if _HAVE_ENCRYPT_INTO else self._seal_into
-        deque(map(seal_into, nonces, clusters, aads, slots.buffers), maxlen=0)
-        return slots.ciphertexts[:n], nonces, list(map(bytes, slots.tags[:n]))
-
-    @staticmethod
-    def seal_slots(cluster_size: int, count: int) -> "SealSlots":
-        """Output buffers for ``encrypt_run`` runs of up to ``count`` clusters."""
-        return SealSlots(cluster_size, count)
-
-    def _seal_into(self, nonce, plaintext, aad, buf) -> None:
-        """``encrypt_into`` for a ``cryptography`` without it: the same bytes, one copy more."""
-        buf[:] = self._aead.encrypt(nonce, bytes(plaintext), aad)
-
-    def _fresh_nonces(self, n: int) -> bytes:
-        """``n`` nonces of 12 bytes end to end: random bits from the operating
-        system's CSPRNG for every cluster written, never a counter (R-enc-6)."""
-        return os.urandom(NONCE_SIZE * n)
-
-    def decrypt(self, offset: int, kind: int, ciphertext, nonce: bytes, tag: bytes) -> bytes:
-        """Open one cluster; ``cluster.auth`` when it was changed, moved, copied
-        from another image or is an older version (R-ptr-4)."""
-        if len(nonce) != NONCE_SIZE or len(tag) != TAG_SIZE:
-            raise_code("cluster.auth", f"cluster at offset {offset}: malformed nonce or tag")
+    def unwrap(self, ks: fmt.KeySlot, image_uuid: bytes, index: int) -> bytes | None:
+        """The master key if this key opens ``ks``, key slot ``index``; else None."""
+        p = KdfParams(ks.kind, ks.kdf_time, ks.kdf_memory, ks.kdf_lanes)
         try:
-            return self._aead.decrypt(nonce, bytes(ciphertext) + tag, self.aad(offset, kind))
+            return AESGCM(self._kek(p, ks.salt)).decrypt(ks.nonce, ks.wrapped_key + ks.wrap_tag,
+                                                         _wrap_aad(image_uuid, index))
         except InvalidTag:
-            raise_code("cluster.auth", f"cluster at offset {offset} failed authentication")
+            return None
 
-    def slot_mac(self, body) -> bytes:
-        """HMAC-SHA256 of a commit slot's bytes 0..475."""
-        return hmac.digest(self._mac_key, bytes(body[:476]), "sha256")
-
-    def verify_slot(self, raw) -> bool:
-        """True when the commit slot's MAC (bytes 476..507) is right for this master key.
-
-        The last body that passed is remembered: a reopen or refresh that finds
-        the same unchanged slot (the common case) is answered by comparing 508
-        bytes instead of recomputing the HMAC.  Same bytes, same answer."""
-        raw = raw if isinstance(raw, bytes) else bytes(raw)
-        if self._verified_slot is not None and raw.startswith(self._verified_slot):
-            return True
-        body = raw[:508]
-        if len(body) < 508:
-            return False
-        ok = hmac.compare_digest(self.slot_mac(body[:476]), body[476:508])
-        if ok:
-            self._verified_slot = body
-        return ok
+    @property
+    def master(self) -> bytes | None:
+        """For a key made from the master key itself (source "master"), that key."""
+        return self._master
 
 
 # -- hooks used by image.py --------------------------------------------------------------------------
@@ -478,7 +318,7 @@ def setup_for_create(key: Key):
 
     def setup(header):
         master = os.urandom(KEY_SIZE)
-        slots = [_make_slot(key, master, header.image_uuid, 0)] + [fmt.KeySlot()] * (fmt.NUM_KEYSLOTS - 1)
+        slots = [key.wrap(master, header.image_uuid, 0)] + [fmt.KeySlot()] * (fmt.NUM_KEYSLOTS - 1)
         return Cipher(master, header.image_uuid), fmt.encode_keyslots(slots, fmt.Geometry(header.cluster_bits, True))
 
     return setup
@@ -543,27 +383,27 @@ def unlock(image, slot, key) -> Cipher:
     raw = _read_table_unchecked(image, slot)
     image_uuid, ptr = image.header.image_uuid, slot.keyslots
     # A reopen with the same key: equal table bytes unlock to the same cipher.
-    cipher = key._cached_cipher(image_uuid, raw, ptr.crc)
+    cipher = key.cached_cipher(image_uuid, raw, ptr.crc)
     if cipher is None:
         _check_table_bytes(raw, ptr, 1 << image.header.cluster_bits)
         cipher = _unlock_table(_decode_table(raw), image_uuid, key)
-        key._remember(image_uuid, raw, ptr.crc, cipher)
+        key.remember(image_uuid, raw, ptr.crc, cipher)
     return cipher
 
 
 def _unlock_table(table: list[fmt.KeySlot], image_uuid: bytes, key: Key) -> Cipher:
     if key.source == "master":
         # The slot MAC, checked next by the caller, proves the master key right.
-        return Cipher(key._master, image_uuid)
+        return Cipher(key.master, image_uuid)
     skipped = tried = 0
     for i, ks in enumerate(table):
-        if not ks.in_use or not key._matches(ks.kind):
+        if not ks.in_use or not key.matches(ks.kind):
             continue
         if ks.kind == KIND_ARGON2ID and not argon2_available():
             skipped += 1
             continue
         tried += 1
-        master = _open_slot(key, ks, image_uuid, i)
+        master = key.unwrap(ks, image_uuid, i)
         if master is not None:
             return Cipher(master, image_uuid)
     if skipped and not tried:
@@ -599,19 +439,16 @@ class KeySlots:
 
     def _cipher(self) -> Cipher:
         img = self.image
-        img._check_open()
+        img.check_open()
         if not img.slot.encrypted or img.cipher is None:
             raise_code("key.not_encrypted", "the image is not encrypted")
         return img.cipher
 
     def _table(self) -> list[fmt.KeySlot]:
         """The table as this transaction sees it (a pending change first)."""
-        pending = self.image._keyslots_dirty
+        pending = self.image.txn.keyslot_table
         if pending is not None:
-            table = getattr(pending, "nvbox_table", None)
-            if table is None:
-                raise_code("usage.argument", "another key slot table change is pending in this transaction")
-            return list(table)
+            return list(pending)
         return read_table(self.image)
 
     def list(self) -> list[dict]:
@@ -628,15 +465,15 @@ class KeySlots:
         """The index of the first slot ``key`` opens, or None."""
         cipher = self._cipher()
         for i, ks in enumerate(self._table()):
-            if ks.in_use and key._matches(ks.kind) and not (ks.kind == KIND_ARGON2ID and not argon2_available()):
-                if _open_slot(key, ks, cipher.image_uuid, i) is not None:
+            if ks.in_use and key.matches(ks.kind) and not (ks.kind == KIND_ARGON2ID and not argon2_available()):
+                if key.unwrap(ks, cipher.image_uuid, i) is not None:
                     return i
         return None
 
     def add(self, new_key: Key) -> int:
         """Fill the lowest free slot with ``new_key``; return its index (``key.slots_full``)."""
         cipher = self._cipher()
-        self.image._check_writable()
+        self.image.check_writable()
         if not isinstance(new_key, Key) or new_key.source == "master":
             raise_code("usage.argument", "expected an nvbox.crypto.Key (passphrase or key file)")
         table = self._table()
@@ -644,7 +481,7 @@ class KeySlots:
         if not free:
             raise_code("key.slots_full", f"all {fmt.NUM_KEYSLOTS} key slots are in use")
         index = free[0]
-        table[index] = _make_slot(new_key, cipher._master, cipher.image_uuid, index)
+        table[index] = new_key.wrap(cipher.master, cipher.image_uuid, index)
         self._commit(table)
         return index
 
@@ -664,7 +501,7 @@ class KeySlots:
         """Empty the slot ``which`` (an index, or the Key it opens with); return its
         index.  Refuses the last slot in use (``key.last_slot``)."""
         self._cipher()
-        self.image._check_writable()
+        self.image.check_writable()
         table = self._table()
         index = self._resolve(which, table)
         if sum(ks.in_use for ks in table) <= 1:
@@ -677,30 +514,17 @@ class KeySlots:
         """Put ``new_key`` in the slot ``which`` holds (change a passphrase) in one
         commit; return the index."""
         cipher = self._cipher()
-        self.image._check_writable()
+        self.image.check_writable()
         if not isinstance(new_key, Key) or new_key.source == "master":
             raise_code("usage.argument", "expected an nvbox.crypto.Key (passphrase or key file)")
         table = self._table()
         index = self._resolve(which, table)
-        table[index] = _make_slot(new_key, cipher._master, cipher.image_uuid, index)
+        table[index] = new_key.wrap(cipher.master, cipher.image_uuid, index)
         self._commit(table)
         return index
 
     def _commit(self, table: list[fmt.KeySlot]) -> None:
+        """One commit (or a part of the open transaction) that writes ``table``."""
         img = self.image
-        raw = fmt.encode_keyslots(table, fmt.Geometry(img.header.cluster_bits, True))
-        old = img.slot.keyslots
-
-        def write_table(store):
-            idx = store.allocate(1)
-            ptr = store.write_cluster(idx, 0, raw)
-            store.decref(old)
-            return ptr
-
-        write_table.nvbox_table = tuple(table)
-        with img._change():
-            img._keyslots_dirty = write_table
-        # The handle keeps working (reload after a failure, reader refresh) even
-        # when the key it was opened with no longer opens any slot.
-        if img._key is None or not isinstance(img._key, Key) or img._key.source != "master":
-            img._key = Key._session(img.cipher._master)
+        with img.transaction():
+            img.txn.set_keyslot_table(table)

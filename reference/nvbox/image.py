@@ -16,16 +16,20 @@ import os
 import random
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from . import _format as fmt
 from . import crypto
 from ._store import ClusterStore
 from ._tree import NULL, Blob, Trees
+from .transaction import DirState, Transaction
 from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
 from .errors import NvboxError, error_class, raise_code
+from .names import check_path_safe
+from .records import BlobStat, SnapshotInfo
+from .snapshots import Snapshots
 
-__all__ = ["Image", "BlobStat", "BlobIO", "SnapshotInfo", "create", "open_image", "parse_size"]
+__all__ = ["Image", "BlobIO", "create", "open_image", "parse_size"]
 
 # A read-only handle's retries when the writer's commits reuse or cut off clusters
 # it needs (R-lock-2): the first retry is immediate, later ones pause a little
@@ -75,23 +79,6 @@ def _newest_generation(raw: bytes) -> int:
     return max(gens, default=0)
 
 
-@dataclass(frozen=True)
-class BlobStat:
-    name: str
-    size: int
-    inline: bool
-    depth: int
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    id: int
-    name: str
-    create_time: int
-    blob_count: int
-    metadata: bytes | None
-
-
 def parse_size(text) -> int:
     """'64M', '1g', '4096' -> bytes (binary units, as qemu-img)."""
     if isinstance(text, int):
@@ -104,15 +91,6 @@ def parse_size(text) -> int:
         return int(s)
     except ValueError:
         raise_code("usage.argument", f"not a size: {text!r}")
-
-
-class _DirState:
-    """The active directory while a transaction changes it."""
-
-    __slots__ = ("dir_root", "dir_depth", "blob_count")
-
-    def __init__(self, root, depth, count):
-        self.dir_root, self.dir_depth, self.blob_count = root, depth, count
 
 
 class Image:
@@ -140,7 +118,8 @@ class Image:
         self._gather_buf = None         # see write(): allocated by the first gathered write
         self._closed = False
         self._poisoned = None           # set when _recover cannot re-read the last commit
-        self._txn_depth = 0
+        self._txn_depth = 0             # transaction() blocks open
+        self._long_lived = False        # begin() opened a transaction that commit()/abort() ends
         self._pin_depth = 0             # read_transaction() blocks open
         self._read_depth = 0            # _reading calls open (the outermost one retries)
         self._load()
@@ -208,20 +187,17 @@ class Image:
         self._begin_state()
 
     def _begin_state(self) -> None:
-        self._gathered = None           # [name, blob offset, bytes filled]: writes not yet applied
-        self._write_end = None          # (name, end): where this transaction's last write ended
-        slot = self.slot
-        self.state = _DirState(slot.dir_root, slot.dir_depth, slot.blob_count)
-        self._snapshots = None          # loaded on demand
-        self._snap_dirty = False
-        self._next_snapshot_id = slot.next_snapshot_id
-        self._keyslots_dirty = None
-        self._changed = False
-        self._shrink = False            # compaction: cut image_clusters to the last live cluster
+        self.txn = Transaction.after(self.slot)
+
+    @property
+    def state(self) -> DirState:
+        """The active directory as the open transaction sees it."""
+        return self.txn.directory
 
     def _recover(self) -> None:
         """Back to the last durable commit after a failure (R-commit-4)."""
-        self._gathered = self._write_end = None
+        self.txn.gathered = self.txn.write_end = None
+        self._long_lived = False
         stats = self.store.stats
         try:
             self._load()
@@ -239,13 +215,13 @@ class Image:
         raw = self.dev.read(0, fmt.HEADER_AREA)
         if raw == self._header_area:
             return False
-        old, old_cipher, stats, cache = self.slot.generation, self.cipher, self.store.stats, self.store._cache
+        old, old_cipher, old_store = self.slot.generation, self.cipher, self.store
         self._load(raw)
-        self.store.stats = stats
+        self.store.stats = old_store.stats
         if self.cipher is old_cipher:
             # Keyed by offset, checksum and tag, and filled only after the checks:
             # what it holds is still what those clusters held.
-            self.store._cache = cache
+            self.store.adopt_cache(old_store.node_cache)
         return self.slot.generation != old
 
     def refresh(self) -> bool:
@@ -260,7 +236,7 @@ class Image:
             NvboxError: ``usage.argument`` inside ``read_transaction()``;
             ``image.busy``, or the image's error if the newest commit is damaged.
         """
-        self._check_open()
+        self.check_open()
         if self.writable:
             return False
         if self._pin_depth:
@@ -289,7 +265,7 @@ class Image:
             ``image.busy`` on entry if the writer kept committing while the
             newest commit was being opened.
         """
-        self._check_open()
+        self.check_open()
         if not self.writable and not self._pin_depth:
             self._refresh_reader()
         self._pin_depth += 1
@@ -298,7 +274,7 @@ class Image:
         finally:
             self._pin_depth -= 1
 
-    def _reading(self, fn, *args):
+    def reading(self, fn, *args):
         """Run one read call so that everything it returns comes from one commit.
 
         A read-only handle can meet a cluster the writer reused, or cut off by
@@ -310,7 +286,7 @@ class Image:
         ``image.busy`` (liveness, not damage).  Inside ``read_transaction()``
         the handle does not move: ``image.changed`` when a newer commit exists.
         """
-        self._check_open()
+        self.check_open()
         if self.writable or self._read_depth:
             return fn(*args)            # the lock holder; or nested: the outer call retries
         def moved_on(failure) -> bool:
@@ -330,43 +306,50 @@ class Image:
 
     # -- transactions ------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        """Every public call passes here first; so gathered writes are applied here,
-        before anything else can observe or change the blob they belong to."""
+    def check_open(self) -> None:
+        """Raise ``image.closed`` or ``image.poisoned`` if the handle cannot be used.
+
+        Every public call (here and in the modules that work on an open image)
+        passes here first; so gathered writes are applied here, before anything
+        else can observe or change the blob they belong to."""
         if self._closed:
             raise_code("image.closed")
         if self._poisoned is not None:
             raise_code("image.poisoned", f"a failed commit could not be undone ({self._poisoned.code}): "
                                          "close the handle and reopen the image")
         if self.writable:
-            if self._gathered is not None:
+            if self.txn.gathered is not None:
                 self._apply_gathered()
-            self._write_end = None      # this call may change the blob: the next write starts afresh
+            self.txn.write_end = None      # this call may change the blob: the next write starts afresh
 
     def _apply_gathered(self) -> None:
-        name, offset, filled = self._gathered
-        self._gathered = None
+        name, offset, filled = self.txn.gathered
+        self.txn.gathered = None
         # Straight from the gather buffer: the layers below copy or write what
         # they need before returning, and keep no reference to it.
         self._write_now(name, offset, memoryview(self._gather_buf)[:filled], True)
 
-    def _check_writable(self) -> None:
-        self._check_open()
+    def check_writable(self) -> None:
+        """``check_open``, then ``image.readonly`` unless this is the writer's handle."""
+        self.check_open()
         if not self.writable:
             raise_code("image.readonly")
 
     @contextlib.contextmanager
     def transaction(self):
-        """Group changes into one atomic commit.  Nested blocks join the outer one.
+        """Group changes into one atomic commit.  Nested blocks join the outer one,
+        and so does a block inside a transaction opened by ``begin()``.
 
         Raises:
-            NvboxError: from any change, after which nothing of the block is committed.
+            NvboxError: from any change, after which nothing of the block is
+            committed: the whole transaction is abandoned and the handle is
+            back at the last durable commit (R-commit-4).
         """
-        self._check_writable()
+        self.check_writable()
         self._txn_depth += 1
         try:
             yield self
-            if self._txn_depth == 1 and self._gathered is not None:
+            if self._txn_depth == 1 and not self._long_lived and self.txn.gathered is not None:
                 self._apply_gathered()      # still inside the transaction: part of its commit
         except BaseException:
             self._txn_depth -= 1
@@ -374,24 +357,92 @@ class Image:
                 self._recover()
             raise
         self._txn_depth -= 1
-        if self._txn_depth == 0:
+        if self._txn_depth == 0 and not self._long_lived:
             self._commit_or_recover()
+
+    @property
+    def in_transaction(self) -> bool:
+        """True inside ``transaction()`` or between ``begin()`` and ``commit()``/``abort()``."""
+        return bool(self._txn_depth) or self._long_lived
+
+    @property
+    def pending(self) -> bool:
+        """True when the open transaction holds changes not yet committed."""
+        return not self._closed and self.txn.pending
+
+    def begin(self) -> Transaction:
+        """Open a transaction that stays open across calls until ``commit()`` or
+        ``abort()``: for a server that groups many calls into one commit (every
+        change until then joins it, as inside ``with img.transaction():``).
+        Calls come from one thread at a time; the handle does no locking.
+
+        A failure of any change while it is open abandons the whole transaction
+        (R-commit-4): its changes are dropped, the handle is back at the last
+        durable commit, and no transaction is open any more (``in_transaction``
+        is False; the next change commits on its own unless ``begin()`` is
+        called again).  Snapshot operations and compaction are commits of their
+        own: ``commit()`` first.
+
+        Returns:
+            The open ``Transaction`` (also ``img.txn``).
+
+        Raises:
+            NvboxError: ``usage.argument`` when a transaction is already open;
+            ``image.readonly``, ``image.closed``.
+        """
+        self.check_writable()
+        if self.in_transaction:
+            raise_code("usage.argument", "a transaction is already open")
+        self._long_lived = True
+        return self.txn
+
+    def commit(self) -> int:
+        """Commit the transaction ``begin()`` opened and close it; return the new
+        generation.  With nothing pending (or no transaction open) nothing is
+        written and the current generation is returned.
+
+        Raises:
+            NvboxError: ``usage.argument`` inside ``with img.transaction():``
+            (its end commits); any error of the commit, which then abandons
+            the transaction as ``begin()`` says.
+        """
+        self.check_open()               # applies gathered writes: part of this commit
+        if self._txn_depth:
+            raise_code("usage.argument", "commit() inside a transaction() block; the block's end commits")
+        if self._long_lived:
+            self._long_lived = False
+            self._commit_or_recover()
+        return self.slot.generation
+
+    def abort(self) -> None:
+        """Drop what the transaction ``begin()`` opened holds and close it: the
+        handle is back at the last durable commit.  Without one, nothing happens.
+
+        Raises:
+            NvboxError: ``usage.argument`` inside ``with img.transaction():``.
+        """
+        if self._closed:
+            raise_code("image.closed")
+        if self._txn_depth:
+            raise_code("usage.argument", "abort() inside a transaction() block; raise out of the block instead")
+        if self._long_lived:
+            self._recover()
 
     @contextlib.contextmanager
     def _change(self):
         """One mutating call: its own commit outside a transaction."""
-        self._check_writable()
+        self.check_writable()
+        self.txn.changed = True
         if self._txn_depth:
-            self._changed = True
-            yield
+            yield                   # the transaction() block recovers if this fails
             return
         try:
-            self._changed = True
             yield
         except BaseException:
-            self._recover()
+            self._recover()         # also abandons a transaction begin() opened
             raise
-        self._commit_or_recover()
+        if not self._long_lived:
+            self._commit_or_recover()
 
     def _commit_or_recover(self) -> None:
         try:
@@ -402,20 +453,25 @@ class Image:
 
     def _commit(self) -> None:
         """R-commit-1: trees, refcounts, flush, slot, flush."""
-        assert self._gathered is None, "gathered writes are applied before the transaction ends"
-        if not self._changed:
+        txn = self.txn
+        assert txn.gathered is None, "gathered writes are applied before the transaction ends"
+        if not txn.changed:
             return
-        trees, store, state = self.trees, self.store, self.state
+        trees, store, state = self.trees, self.store, txn.directory
         dir_root = trees.flush_dir(state.dir_root, state.dir_depth - 1) if state.dir_depth else NULL
         slot = self.slot
         snaptable_root, snaptable_depth, snaptable_size = slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size
-        if self._snap_dirty:
+        if txn.snapshots_dirty:
             snaptable_root, snaptable_depth, snaptable_size = self._write_snapshot_table()
         keyslots = slot.keyslots
-        if self._keyslots_dirty is not None:
-            keyslots = self._keyslots_dirty(store)
+        if txn.keyslot_table is not None:
+            raw = fmt.encode_keyslots(list(txn.keyslot_table), fmt.Geometry(self.header.cluster_bits, True))
+            keyslots = store.write_cluster(store.allocate(1), 0, raw)
+            store.decref(txn.keyslots_moved or slot.keyslots)
+        elif txn.keyslots_moved is not None:
+            keyslots = txn.keyslots_moved
         store.flush_refcounts()
-        if self._shrink:
+        if txn.shrink:
             store.shrink_to_fit()
         if store.dev.size() < store.image_clusters << self.geo.cluster_bits:
             store.dev.truncate(store.image_clusters << self.geo.cluster_bits)
@@ -426,12 +482,12 @@ class Image:
             autoclear_features=slot.autoclear_features & fmt.KNOWN_AUTOCLEAR,  # R-feature-3
             image_clusters=store.image_clusters,
             blob_count=state.blob_count,
-            next_snapshot_id=self._next_snapshot_id,
+            next_snapshot_id=txn.next_snapshot_id,
             commit_time=int(time.time()),
             refcount_depth=store.refcount_depth,
             dir_depth=state.dir_depth,
             snaptable_depth=snaptable_depth,
-            snapshot_count=len(self._snapshots) if self._snapshots is not None else slot.snapshot_count,
+            snapshot_count=len(txn.snapshots) if txn.snapshots is not None else slot.snapshot_count,
             snaptable_size=snaptable_size,
             refcount_root=store.refcount_root,
             dir_root=dir_root,
@@ -443,6 +499,12 @@ class Image:
         self.slot = new
         store.end_transaction(new)
         self._begin_state()
+        if txn.keyslot_table is not None and getattr(self._key, "source", None) != "master":
+            # The handle keeps working (reload after a failure, reader refresh)
+            # even when the key it was opened with no longer opens any slot.
+            self._key = crypto.Key(self.cipher.master, "master")
+        if txn.shrink:
+            self._truncate_file()
 
     def _truncate_file(self) -> None:
         """Give clusters past ``image_clusters`` back to the file system.  Only
@@ -460,7 +522,9 @@ class Image:
             raise_code("blob.not_found", f"no blob named {name!r}")
         return e
 
-    def _read_entry(self, e, offset=0, length=None):
+    def read_entry(self, e, offset=0, length=None):
+        """``length`` bytes (default: to the end) from ``offset`` of the blob whose
+        directory entry is ``e`` (from any tree of this image: active or snapshot)."""
         if length is None:
             length = e.size - offset
         if e.inline is not None:
@@ -479,13 +543,13 @@ class Image:
         """``length`` bytes of blob ``name`` from ``offset`` (to the end by default)."""
         if offset < 0 or (length is not None and length < 0):
             raise_code("usage.argument", "negative offset or length")
-        return self._reading(lambda: self._read_entry(self._entry(name), offset, length))
+        return self.reading(lambda: self.read_entry(self._entry(name), offset, length))
 
     def __getitem__(self, name) -> bytes:
         return self.read(name)
 
     def stat(self, name) -> BlobStat:
-        e = self._reading(self._entry, name)
+        e = self.reading(self._entry, name)
         return BlobStat(e.name, e.size, e.inline is not None, e.depth)
 
     def __contains__(self, name) -> bool:
@@ -499,7 +563,7 @@ class Image:
 
     def names(self) -> list[str]:
         """Every blob name, sorted."""
-        return sorted(self._reading(lambda: [e.name for e in self.trees.dir_iter(self.state.dir_root,
+        return sorted(self.reading(lambda: [e.name for e in self.trees.dir_iter(self.state.dir_root,
                                                                                  self.state.dir_depth)]))
 
     keys = names
@@ -512,12 +576,12 @@ class Image:
         return iter(self.names())
 
     def __len__(self) -> int:
-        self._check_open()
+        self.check_open()
         return self.state.blob_count
 
     def entries(self):
         """Every entry (name, size, inline, depth) in key order, without reading data."""
-        return self._reading(lambda: [BlobStat(e.name, e.size, e.inline is not None, e.depth)
+        return self.reading(lambda: [BlobStat(e.name, e.size, e.inline is not None, e.depth)
                                       for e in self.trees.dir_iter(self.state.dir_root, self.state.dir_depth)])
 
     # -- blobs: writing ------------------------------------------------------------------
@@ -543,6 +607,7 @@ class Image:
         data = bytes(data)
         if len(data) > fmt.MAX_BLOB_SIZE:
             raise_code("blob.too_large")
+        check_path_safe(name)  # new blobs get names export and the mount can use as paths (nvbox.names)
         with self._change():
             name, key, path, leaf, i, found = self._leaf_for(name)
             extra = b""
@@ -590,8 +655,8 @@ class Image:
         raised by that call, and as with any error inside the block, leaving
         the block with it commits nothing.
         """
-        end = self._write_end
-        if end is not None and offset == end[1] and name == end[0] and self._txn_depth and not self._closed \
+        end = self.txn.write_end
+        if end is not None and offset == end[1] and name == end[0] and self.in_transaction and not self._closed \
                 and isinstance(data, (bytes, bytearray, memoryview)):
             n = data.nbytes if isinstance(data, memoryview) else len(data)
             plain_bytes = not isinstance(data, memoryview) or (data.itemsize == 1 and data.c_contiguous)
@@ -604,24 +669,24 @@ class Image:
         if offset + len(data) > fmt.MAX_BLOB_SIZE:
             raise_code("blob.too_large")
         self._write_now(name, offset, data, create)
-        if self._txn_depth:
-            self._write_end = (name, offset + len(data))
+        if self.in_transaction:
+            self.txn.write_end = (name, offset + len(data))
 
     def _gather(self, name, offset: int, data, n: int) -> None:
         if offset + n > fmt.MAX_BLOB_SIZE:
             raise_code("blob.too_large")
-        if self._gathered is not None and self._gathered[2] + n > len(self._gather_buf):
+        if self.txn.gathered is not None and self.txn.gathered[2] + n > len(self._gather_buf):
             self._apply_gathered()
-        if self._gathered is None:
+        if self.txn.gathered is None:
             if self._gather_buf is None:
                 # One buffer for the handle's life: a fresh 1 MiB buffer per batch
                 # cost page faults and copies that took a third of a 64 MiB write.
                 self._gather_buf = bytearray(_GATHER_BYTES)
-            self._gathered = [name, offset, 0]
-        filled = self._gathered[2]
+            self.txn.gathered = [name, offset, 0]
+        filled = self.txn.gathered[2]
         self._gather_buf[filled:filled + n] = data
-        self._gathered[2] = filled + n
-        self._write_end = (name, offset + n)
+        self.txn.gathered[2] = filled + n
+        self.txn.write_end = (name, offset + n)
 
     def _write_now(self, name, offset: int, data: bytes, create: bool) -> None:
         with self._change():
@@ -657,7 +722,7 @@ class Image:
             name, key, path, leaf, i, found = self._leaf_for(name, must_exist=True)
             blob = leaf.items[i]
             if size <= self.geo.inline_max:
-                content = self._read_entry(blob, 0, size).ljust(size, b"\0")
+                content = self.read_entry(blob, 0, size).ljust(size, b"\0")
                 self.trees.drop_blob(blob)
                 blob.inline, blob.size, blob.depth, blob.root = content, size, 0, NULL
             else:
@@ -665,13 +730,105 @@ class Image:
                 self.trees.map_truncate(blob, size)
             self.trees.dir_fix(self.state, path, touched=i)
 
+    def rename(self, old, new, replace: bool = True) -> None:
+        """Give blob ``old`` the name ``new``, moving its directory entry (no data
+        is copied or rewritten: the entry keeps its tree and its unknown fields).
+        An existing blob ``new`` is replaced (its clusters released) unless
+        ``replace`` is False.  Renaming a blob onto itself changes nothing.
+
+        Raises:
+            NvboxError: ``blob.not_found`` when ``old`` does not exist;
+            ``blob.exists`` when ``new`` exists and ``replace`` is False;
+            ``blob.name`` for an invalid name (``new`` must be path-safe, as
+            for ``put``).
+        """
+        old, new = fmt.check_name(old), fmt.check_name(new)
+        check_path_safe(new)
+        self.check_writable()
+        state = self.state
+        if self.trees.dir_lookup(state.dir_root, state.dir_depth, old) is None:
+            raise_code("blob.not_found", f"no blob named {old!r}")
+        if old == new:
+            return
+        target = self.trees.dir_lookup(state.dir_root, state.dir_depth, new)
+        if target is not None and not replace:
+            raise_code("blob.exists", f"a blob named {new!r} exists")
+        with self._change():
+            _, _, path, leaf, i, _ = self._leaf_for(old, must_exist=True)
+            entry = self.trees.dir_pop(leaf, i)
+            self.trees.dir_fix(state, path)
+            moved = Blob(new, entry.size, entry.inline, entry.depth, entry.root, entry.extra)
+            name, key, path, leaf, i, found = self._leaf_for(new)
+            if found:
+                self.trees.drop_blob(leaf.items[i])
+                self.trees.dir_set(leaf, i, moved)
+            else:
+                self.trees.dir_insert(leaf, i, moved)
+            state.blob_count -= found
+            self.trees.dir_fix(state, path)
+
+    def zero(self, name, offset: int, length: int, *, extend: bool = False) -> None:
+        """Make ``length`` bytes of blob ``name`` from ``offset`` read as zeros,
+        writing as little as possible: every cluster the range covers wholly
+        becomes a hole (a null pointer; its reference is dropped, so a cluster
+        nothing else shares is freed), and only a cluster the range covers in
+        part is rewritten, zero-filled there (unless it is a hole already).
+
+        The blob never grows: the part of the range past its end is ignored,
+        unless ``extend`` is True, when the blob grows to ``offset + length``
+        (with zeros, as ``truncate`` extends it: sparse).  A blob's last
+        cluster counts as covered wholly when the range reaches the blob's end.
+
+        Raises:
+            NvboxError: ``blob.not_found``; ``usage.argument`` for a negative
+            offset or length; ``blob.too_large`` when ``extend`` would pass
+            the format's limit.
+        """
+        if offset < 0 or length < 0:
+            raise_code("usage.argument", "negative offset or length")
+        end = offset + length
+        if extend and end > fmt.MAX_BLOB_SIZE:
+            raise_code("blob.too_large")
+        with self._change():
+            _, _, path, leaf, i, _ = self._leaf_for(name, must_exist=True)
+            blob = leaf.items[i]
+            if extend and end > blob.size:
+                if end <= self.geo.inline_max and blob.inline is not None:
+                    blob.inline = blob.inline.ljust(end, b"\0")
+                    blob.size = end
+                else:
+                    self._uninline(blob)
+                    self.trees.map_truncate(blob, end)
+            end = min(end, blob.size)
+            if offset < end:
+                if blob.inline is not None:
+                    blob.inline = blob.inline[:offset] + bytes(end - offset) + blob.inline[end:]
+                else:
+                    self._punch(blob, offset, end)
+            self.trees.dir_fix(self.state, path, touched=i)
+
+    def _punch(self, blob, offset: int, end: int) -> None:
+        """Zero ``offset..end`` (within the size) of a clustered blob: holes for
+        the clusters covered wholly, zeros written into the partial ones."""
+        cs = self.geo.cluster_size
+        # Clusters lo..hi-1 are covered wholly; the blob's end counts as a cluster's end.
+        lo, hi = -(-offset // cs), (-(-end // cs) if end == blob.size else end // cs)
+        partial = [(offset, lo * cs), (hi * cs, end)] if lo < hi else [(offset, end)]
+        for a, b in partial:
+            while a < b:            # one cluster at a time: a hole stays a hole
+                c_end = min(b, (a // cs + 1) * cs)
+                if not self.trees.map_lookup(blob.root, blob.depth, a // cs).is_null:
+                    self.trees.map_write(blob, a, bytes(c_end - a))
+                a = c_end
+        self.trees.map_punch(blob, lo, hi)
+
     def open_blob(self, name, mode: str = "rb") -> "BlobIO":
         """A file-like handle on blob ``name``.  Modes: 'rb', 'r+b', 'wb' (truncate
         or create), 'ab' (append, create)."""
         if mode not in ("rb", "r+b", "wb", "ab", "w+b", "a+b"):
             raise_code("usage.argument", f"unsupported mode {mode!r}")
         if mode != "rb":
-            self._check_writable()
+            self.check_writable()
             if mode.startswith("w"):
                 with self.transaction():
                     self.put(name, b"")
@@ -683,8 +840,7 @@ class Image:
     # -- snapshots ---------------------------------------------------------------------------
 
     @property
-    def snapshots(self) -> "Snapshots":
-        from .snapshots import Snapshots
+    def snapshots(self) -> Snapshots:
         return Snapshots(self)
 
     @property
@@ -693,20 +849,25 @@ class Image:
         ``list()``, ``add(key)``, ``remove(index or key)``, ``replace(...)``."""
         return crypto.KeySlots(self)
 
-    def _snapshot_list(self):
-        if self._snapshots is None:
+    def snapshot_records(self) -> list:
+        """The snapshot table's records (``fmt.Snapshot``, oldest first) as the
+        open transaction sees it, read from the durable commit on first use.
+        No retry: on a read-only handle next to a writer, call it through
+        ``reading()``.  Change it with ``txn.set_snapshots``."""
+        txn = self.txn
+        if txn.snapshots is None:
             slot = self.slot
             raw = self.trees.map_read(slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size,
                                       0, slot.snaptable_size, data_kind=fmt.KIND_SNAPDATA)
-            self._snapshots = fmt.decode_snapshot_table(raw, self.geo, slot.snapshot_count, slot.next_snapshot_id)
-        return self._snapshots
+            txn.snapshots = fmt.decode_snapshot_table(raw, self.geo, slot.snapshot_count, slot.next_snapshot_id)
+        return txn.snapshots
 
     def _write_snapshot_table(self):
         slot = self.slot
         trees = self.trees
         if not slot.snaptable_root.is_null:
             trees.drop_map(slot.snaptable_root, slot.snaptable_depth, data_kind=fmt.KIND_SNAPDATA)
-        raw = fmt.encode_snapshot_table(self._snapshots, self.geo.pointer_size)
+        raw = fmt.encode_snapshot_table(self.txn.snapshots, self.geo.pointer_size)
         if not raw:
             return NULL, 0, 0
         if len(raw) > fmt.MAX_SNAPTABLE:
@@ -745,7 +906,7 @@ class Image:
         self.counting.stats.reset()
 
     def info(self) -> dict:
-        used = self._reading(lambda: self.store.durable_used())
+        used = self.reading(lambda: self.store.durable_used())
         slot, header = self.slot, self.header
         return {
             "format": "nvbox",
@@ -776,9 +937,11 @@ class Image:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the handle.  Uncommitted changes (of a transaction ``begin()``
+        opened, say) are dropped, as a crash would drop them."""
         if not self._closed:
             self._closed = True
-            self._gathered = self._write_end = None     # an uncommitted transaction's, like its other changes
+            self.txn.gathered = self.txn.write_end = None     # an uncommitted transaction's, like its other changes
             self.dev.close()
 
     def __enter__(self):

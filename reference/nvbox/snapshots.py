@@ -13,15 +13,23 @@ import time
 from dataclasses import replace
 
 from . import _format as fmt
-from ._tree import NULL, DirNode
+from ._tree import DirNode
 from .errors import NvboxError, raise_code
-from .image import BlobStat, SnapshotInfo
+from .records import BlobStat, SnapshotInfo
 
 __all__ = ["Snapshots", "SnapshotView", "diff_trees"]
 
 
 def _info(s: fmt.Snapshot) -> SnapshotInfo:
     return SnapshotInfo(s.id, s.name, s.create_time, s.blob_count, s.metadata)
+
+
+def _lookup(image, name) -> fmt.Snapshot:
+    """The record named ``name`` in the image's current state (no retry)."""
+    for s in image.snapshot_records():
+        if s.name == name:
+            return s
+    raise_code("snapshot.not_found", f"no snapshot named {name!r}")
 
 
 class Snapshots:
@@ -32,19 +40,11 @@ class Snapshots:
 
     def _records(self):
         img = self.image
-        img._check_open()
-        return img._reading(img._snapshot_list)
+        return img.reading(img.snapshot_records)
 
     def _find(self, name) -> fmt.Snapshot:
         name = fmt.check_name(name, "snapshot.name")
-        return self.image._reading(self._lookup, name)
-
-    def _lookup(self, name) -> fmt.Snapshot:
-        """The record named ``name`` in the image's current state (no retry)."""
-        for s in self.image._snapshot_list():
-            if s.name == name:
-                return s
-        raise_code("snapshot.not_found", f"no snapshot named {name!r}")
+        return self.image.reading(_lookup, self.image, name)
 
     def list(self) -> list[SnapshotInfo]:
         """Every snapshot, oldest first."""
@@ -66,12 +66,13 @@ class Snapshots:
             raise
 
     def _own_commit(self):
+        """The transaction of one snapshot operation: a commit of its own."""
         img = self.image
-        img._check_writable()
-        if img._txn_depth:
+        img.check_writable()
+        if img.in_transaction:
             raise_code("usage.argument", "snapshot operations are commits of their own; "
-                                         "run them outside a transaction")
-        return img._change()
+                                         "run them outside a transaction (commit() first)")
+        return img.transaction()
 
     def create(self, name, metadata: bytes | None = None) -> SnapshotInfo:
         """Snapshot the whole image under ``name`` (R-snap-1).
@@ -87,18 +88,17 @@ class Snapshots:
                 raise_code("snapshot.metadata", f"metadata of {len(metadata)} bytes; at most 1024")
         img = self.image
         with self._own_commit():
-            records = img._snapshot_list()
+            records = img.snapshot_records()
             if any(s.name == name for s in records):
                 raise_code("snapshot.exists", f"a snapshot named {name!r} exists")
             if len(records) >= fmt.MAX_SNAPSHOTS:
                 raise_code("snapshot.limit", f"the image already holds {fmt.MAX_SNAPSHOTS} snapshots")
-            state = img.state
-            rec = fmt.Snapshot(img._next_snapshot_id, name, int(time.time()), state.blob_count,
+            txn = img.txn
+            state = txn.directory
+            rec = fmt.Snapshot(txn.take_snapshot_id(), name, int(time.time()), state.blob_count,
                                state.dir_depth, state.dir_root, metadata)
             img.store.incref(state.dir_root)
-            img._snapshots = records + [rec]
-            img._next_snapshot_id += 1
-            img._snap_dirty = True
+            txn.set_snapshots(records + [rec])
         return _info(rec)
 
     def revert(self, name) -> None:
@@ -106,31 +106,31 @@ class Snapshots:
         img = self.image
         with self._own_commit():
             rec = self._find(name)
-            state = img.state
+            state = img.txn.directory
             img.store.incref(rec.dir_root)      # first, in case both roots are the same node
             if state.dir_depth:
                 img.trees.drop_dir(state.dir_root, state.dir_depth - 1)
-            state.dir_root, state.dir_depth, state.blob_count = rec.dir_root, rec.dir_depth, rec.blob_count
+            img.txn.set_directory(rec.dir_root, rec.dir_depth, rec.blob_count)
 
     def delete(self, name) -> None:
         """Delete snapshot ``name``, freeing what only it held (R-snap-3)."""
         img = self.image
         with self._own_commit():
             rec = self._find(name)
-            img._snapshots = [s for s in img._snapshot_list() if s.id != rec.id]
-            img._snap_dirty = True
+            img.txn.set_snapshots([s for s in img.snapshot_records() if s.id != rec.id])
             if rec.dir_depth:
                 img.trees.drop_dir(rec.dir_root, rec.dir_depth - 1)
 
     def rename(self, old, new) -> None:
+        """Rename snapshot ``old`` to ``new`` (``snapshot.exists`` if that is taken)."""
         img = self.image
         new = fmt.check_name(new, "snapshot.name")
         with self._own_commit():
             rec = self._find(old)
-            if new != rec.name and any(s.name == new for s in img._snapshot_list()):
+            records = img.snapshot_records()
+            if new != rec.name and any(s.name == new for s in records):
                 raise_code("snapshot.exists", f"a snapshot named {new!r} exists")
-            img._snapshots = [replace(s, name=new) if s.id == rec.id else s for s in img._snapshot_list()]
-            img._snap_dirty = True
+            img.txn.set_snapshots([replace(s, name=new) if s.id == rec.id else s for s in records])
 
     def view(self, name) -> "SnapshotView":
         """A read-only view of snapshot ``name``'s blobs."""
@@ -154,7 +154,7 @@ class SnapshotView:
         self.id, self.name = record.id, record.name
 
     def _current(self) -> fmt.Snapshot:
-        for s in self.image._snapshot_list():
+        for s in self.image.snapshot_records():
             if s.id == self.id:
                 self.record, self.name = s, s.name
                 return s
@@ -172,13 +172,13 @@ class SnapshotView:
             raise_code("usage.argument", "negative offset or length")
         name = fmt.check_name(name)
         img = self.image
-        return img._reading(lambda: img._read_entry(self._entry(name), offset, length))
+        return img.reading(lambda: img.read_entry(self._entry(name), offset, length))
 
     __getitem__ = read
 
     def stat(self, name) -> BlobStat:
         name = fmt.check_name(name)
-        e = self.image._reading(self._entry, name)
+        e = self.image.reading(self._entry, name)
         return BlobStat(e.name, e.size, e.inline is not None, e.depth)
 
     def names(self) -> list[str]:
@@ -190,13 +190,13 @@ class SnapshotView:
             r = self._current()
             return [BlobStat(e.name, e.size, e.inline is not None, e.depth)
                     for e in self.image.trees.dir_iter(r.dir_root, r.dir_depth)]
-        return self.image._reading(run)
+        return self.image.reading(run)
 
     def __iter__(self):
         return iter(self.names())
 
     def __len__(self):
-        return self.image._reading(self._current).blob_count
+        return self.image.reading(self._current).blob_count
 
     def __contains__(self, name) -> bool:
         try:
@@ -262,24 +262,20 @@ def diff_trees(trees, a_root, a_depth, b_root, b_depth) -> dict:
 
 def diff(image, a: str, b: str | None = None) -> dict:
     """Compare snapshot ``a`` with snapshot ``b``, or with the active state."""
-    snaps = image.snapshots
     a = fmt.check_name(a, "snapshot.name")
     if b is None:
-        if image._txn_depth:
+        if image.in_transaction:
             raise_code("usage.argument", "diff against the active state outside a transaction")
     else:
         b = fmt.check_name(b, "snapshot.name")
 
     def run():  # the records are found again in the state each attempt reads
-        ra = snaps._lookup(a)
+        ra = _lookup(image, a)
         if b is None:
             b_root, b_depth = image.state.dir_root, image.state.dir_depth
         else:
-            rb = snaps._lookup(b)
+            rb = _lookup(image, b)
             b_root, b_depth = rb.dir_root, rb.dir_depth
         return diff_trees(image.trees, ra.dir_root, ra.dir_depth, b_root, b_depth)
 
-    return image._reading(run)
-
-
-_ = NULL
+    return image.reading(run)

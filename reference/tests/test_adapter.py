@@ -130,7 +130,7 @@ def test_check_verdicts(A, image):
     with nvbox.open(image, "rw") as im:
         c = im.slot.dir_root.offset >> im.geo.cluster_bits
         im.store.set_count(c, im.store.count(c) + 3)
-        im._changed = True
+        im.txn.mark_changed()
         im._commit()
     code, doc = A("check", image)
     assert code == 0 and doc["verdict"] == "leaks" and doc["leaked_clusters"] == "1"

@@ -442,7 +442,7 @@ def test_checker_has_teeth():
     w = nvbox.open(MemoryDevice(base_image("small")), "rw")
     last = w.slot.image_clusters - 1
     w.store.set_count(last, w.store.count(last) + 1)
-    w._changed = True
+    w.txn.mark_changed()
     w._commit()
     raw = bytes(w.dev.inner.data)
     assert _read_image(raw, "small")[1] == "leaks"

@@ -21,7 +21,7 @@ import pytest
 
 import nvbox
 from nvbox import _format as fmt
-from nvbox import crypto
+from nvbox import _seal, crypto
 from nvbox._store import ClusterStore
 from nvbox.blockdev import MemoryDevice
 from nvbox.check import check_image, repair_image
@@ -457,7 +457,7 @@ def test_nonces_never_repeat_in_100000_cluster_writes(nonce_log):
 def test_encrypt_run_seals_each_cluster_as_encrypt_does(monkeypatch, encrypt_into):
     # encrypt_run seals into reused per-cluster buffers and hands out views of
     # the ciphertexts: every byte must be encrypt's, run after run in the same slots.
-    monkeypatch.setattr(crypto, "_HAVE_ENCRYPT_INTO", encrypt_into and crypto._HAVE_ENCRYPT_INTO)
+    monkeypatch.setattr(_seal, "_HAVE_ENCRYPT_INTO", encrypt_into and _seal._HAVE_ENCRYPT_INTO)
     c = Cipher(os.urandom(32), os.urandom(16))
     slots = c.seal_slots(1024, 5)
     for n, offset in ((5, 8192), (3, 65536), (5, 4096)):

@@ -660,9 +660,8 @@ def test_snapshot_blob_count_mismatch():
     img["a"], img["b"] = b"1", b"2" * 700
     img.snapshots.create("s")
     assert check_image(img).verdict == "clean"
-    with img.snapshots._own_commit():   # the writer's own path, given a wrong record
-        img._snapshots = [replace(s, blob_count=s.blob_count + 1) for s in img._snapshot_list()]
-        img._snap_dirty = True
+    with img.transaction():   # the writer's own path, given a wrong record
+        img.txn.set_snapshots([replace(s, blob_count=s.blob_count + 1) for s in img.snapshot_records()])
     again = nvbox.open(bytes(img.dev.inner.data), "r")
     assert sorted(again.snapshots.view("s").names()) == ["a", "b"]
     res = check_image(again)

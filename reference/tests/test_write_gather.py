@@ -41,9 +41,9 @@ def test_each_other_call_sees_the_gathered_writes(tmp_path):
             img.write("b", 0, b"a" * 100)
             img.write("b", 100, b"b" * 5000)         # gathered
             img.write("b", 5100, b"c" * 3)           # gathered
-            assert img._gathered is not None
+            assert img.txn.gathered is not None
             seen = probe()
-            assert img._gathered is None, what
+            assert img.txn.gathered is None, what
         expected = b"a" * 100 + b"b" * 5000 + b"c" * 3
         assert seen in (expected, len(expected), [len(expected)]), what
         assert img["b"] == expected
