@@ -31,6 +31,7 @@ from unittest import mock
 import nvbox
 from nvbox import _der as der
 from nvbox import _format as fmt
+from nvbox._tree import Visitor
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE / "example.md"
@@ -146,7 +147,8 @@ def u(raw: bytes, off: int, size: int) -> int:
 # -- the walk: what every cluster is and who refers to it --------------------------------------
 
 class Walk:
-    """Visit every cluster reachable from the active slot once (R-ref-6)."""
+    """What every cluster reachable from the active slot is, and who refers to it
+    (R-ref-6): the library's tree visitor over the image, each cluster once."""
 
     def __init__(self, raw: bytes):
         self.raw = raw
@@ -154,32 +156,68 @@ class Walk:
         self.geo = fmt.Geometry(self.header.cluster_bits)
         valid = [(i, raw[off:off + 512]) for i, off in enumerate(fmt.SLOT_OFFSETS)
                  if fmt.slot_is_valid(raw[off:off + 512], i)]
-        valid.sort(key=lambda t: u(t[1], 8, 8), reverse=True)
+        valid.sort(key=lambda t: fmt.slot_generation(t[1]), reverse=True)
         self.active_index = valid[0][0]
         self.slots = {i: fmt.decode_slot(b, self.header) for i, b in valid}
         self.slot = self.slots[self.active_index]
         self.kind: dict[int, str] = {}
         self.refs: dict[int, list[str]] = {}
-        self.visited: set[int] = set()
-        self.snapshots: list[fmt.Snapshot] = []
-        for c in range(self.geo.header_clusters):
-            self.kind[c] = "header area"
-            self.refs[c] = ["header area (R-ref-3)"]
+        with nvbox.open(raw) as img:     # reads verify every cluster against its pointer's CRC
+            visitor = Visitor(img.store.read_raw, img.geo, self.slot.image_clusters)
+            self._label(visitor)
+        self.snapshots: list[fmt.Snapshot] = visitor.snapshots
+
+    def _label(self, visitor: Visitor) -> None:
         s = self.slot
-        self._ref(s.refcount_root, "slot.refcount_root")
-        self._refcount(s.refcount_root, s.refcount_depth)
-        if not s.dir_root.is_null:
-            self._ref(s.dir_root, "slot.dir_root")
-            self._dir(s.dir_root, s.dir_depth - 1)
-        if not s.snaptable_root.is_null:
-            self._ref(s.snaptable_root, "slot.snaptable_root")
-            self._map(s.snaptable_root, s.snaptable_depth, fmt.KIND_SNAPDATA, "snapshot table")
-            table = self.read_map(s.snaptable_root, s.snaptable_depth, s.snaptable_size)
-            self.snapshots = fmt.decode_snapshot_table(table, self.geo, s.snapshot_count, s.next_snapshot_id)
-            for snap in self.snapshots:
-                if not snap.dir_root.is_null:
+        roots = {"refcount": (s.refcount_root, "slot.refcount_root"), "active": (s.dir_root, "slot.dir_root"),
+                 "snapshot table": (s.snaptable_root, "slot.snaptable_root")}
+        started = set()
+        for r in visitor.slot(s):
+            if r.owner not in started:      # a tree's root: referred to by the slot or a snapshot
+                started.add(r.owner)
+                if r.owner in roots:
+                    self._ref(*roots[r.owner])
+                elif r.owner.startswith("snapshot:"):
+                    snap = next(x for x in visitor.snapshots if f"snapshot:{x.name}" == r.owner)
                     self._ref(snap.dir_root, f"snapshot {snap.id} ({snap.name}) dirRoot")
-                    self._dir(snap.dir_root, snap.dir_depth - 1)
+            self.kind[r.cluster] = self._kind_label(r)
+            if r.kind == "header":
+                self.refs[r.cluster] = ["header area (R-ref-3)"]
+            elif r.first:
+                self._children(r)
+
+    @staticmethod
+    def _kind_label(r) -> str:
+        if r.kind == "header":
+            return "header area"
+        if r.kind in ("refblock", "refindex"):
+            return "refcount block" if r.level == 1 else "refcount index node"
+        if r.kind == "dir":
+            return "directory node" + (" (leaf)" if r.level == 0 else " (index)")
+        owner = r.blob if r.blob is not None else "snapshot table"
+        if r.kind in ("map", "snapmap"):
+            return f"cluster-map node ({owner})"
+        return KIND_NAMES[fmt.KIND_DATA if r.kind == "data" else fmt.KIND_SNAPDATA] + f" ({owner})"
+
+    def _children(self, r) -> None:
+        """The pointers a node holds, as references to their clusters."""
+        here = r.cluster
+        if r.kind in ("refindex", "map", "snapmap"):
+            what = "refcount index" if r.kind == "refindex" else "map node"
+            for j, ch in enumerate(r.node or ()):
+                if not ch.is_null:
+                    self._ref(ch, f"{what} @{here} [{j}]")
+        elif r.kind == "dir" and r.node is not None:
+            for item in r.node.items:
+                if r.level == 0:
+                    if item.inline is None and not item.root.is_null:
+                        self._ref(item.root, f"dir node @{here} entry {item.name}")
+                else:
+                    self._ref(item.child, f"dir node @{here} branch")
+
+    def _ref(self, p: fmt.Pointer, who: str) -> None:
+        if not p.is_null:
+            self.refs.setdefault(p.offset // CLUSTER_SIZE, []).append(who)
 
     def cluster(self, c: int) -> bytes:
         return self.raw[c * CLUSTER_SIZE:(c + 1) * CLUSTER_SIZE]
@@ -199,63 +237,6 @@ class Walk:
                     break
             out.append(0 if node.is_null else u(self.cluster(node.offset // CLUSTER_SIZE), 2 * i, 2))
         return out
-
-    def _ref(self, p: fmt.Pointer, who: str) -> None:
-        c = p.offset // CLUSTER_SIZE
-        assert fmt.crc32c(self.cluster(c)) == p.crc, f"checksum of cluster {c}"
-        self.refs.setdefault(c, []).append(who)
-
-    def _first(self, p: fmt.Pointer, kind: str) -> bool:
-        c = p.offset // CLUSTER_SIZE
-        self.kind[c] = kind
-        if c in self.visited:
-            return False
-        self.visited.add(c)
-        return True
-
-    def _refcount(self, p, level):
-        if not self._first(p, "refcount block" if level == 1 else "refcount index node"):
-            return
-        if level > 1:
-            for j, ch in enumerate(fmt.decode_pointers(self.cluster(p.offset // CLUSTER_SIZE), self.geo)):
-                if not ch.is_null:
-                    self._ref(ch, f"refcount index @{p.offset // CLUSTER_SIZE} [{j}]")
-                    self._refcount(ch, level - 1)
-
-    def _map(self, p, depth, data_kind, owner):
-        if depth == 0:
-            self._first(p, KIND_NAMES[data_kind] + f" ({owner})")
-            return
-        if not self._first(p, f"cluster-map node ({owner})"):
-            return
-        for j, ch in enumerate(fmt.decode_pointers(self.cluster(p.offset // CLUSTER_SIZE), self.geo)):
-            if not ch.is_null:
-                self._ref(ch, f"map node @{p.offset // CLUSTER_SIZE} [{j}]")
-                self._map(ch, depth - 1, data_kind, owner)
-
-    def _dir(self, p, level):
-        if not self._first(p, "directory node" + (" (leaf)" if level == 0 else " (index)")):
-            return
-        node = fmt.decode_dir_node(self.cluster(p.offset // CLUSTER_SIZE), self.geo, level)
-        here = p.offset // CLUSTER_SIZE
-        for item in node.items:
-            if level == 0:
-                if item.inline is None and not item.root.is_null:
-                    self._ref(item.root, f"dir node @{here} entry {item.name}")
-                    self._map(item.root, item.depth, fmt.KIND_DATA, item.name)
-            else:
-                self._ref(item.child, f"dir node @{here} branch")
-                self._dir(item.child, level - 1)
-
-    def read_map(self, root, depth, size) -> bytes:
-        out = bytearray()
-        n = -(-size // CLUSTER_SIZE)
-        for i in range(n):
-            p, F = root, self.geo.fanout
-            for level in range(depth, 0, -1):
-                p = fmt.decode_pointers(self.cluster(p.offset // CLUSTER_SIZE), self.geo)[(i // F ** (level - 1)) % F]
-            out += self.cluster(p.offset // CLUSTER_SIZE)
-        return bytes(out[:size])
 
 
 # -- dumpasn1-style decoding -------------------------------------------------------------------
