@@ -19,9 +19,9 @@ encrypted, random salts, master keys and AEAD nonces (``os.urandom`` /
 
 * ``uuid.uuid4``  -> a version-4 UUID drawn from ``random.Random(seed)``;
 * ``time.time``   -> the constant ``FIXED_TIME`` (2026-01-01T00:00:00Z);
-* ``os.urandom``, ``random._urandom`` (behind ``random.SystemRandom`` and
-  ``secrets``) and ``nvbox._store.random_bytes`` -> bytes from the same
-  seeded ``random.Random``, so salts, master keys and nonces repeat exactly.
+* ``os.urandom`` and ``random._urandom`` (behind ``random.SystemRandom`` and
+  ``secrets``) -> bytes from the same seeded ``random.Random``, so salts,
+  master keys and nonces repeat exactly.
 
 Seeds are strings derived from the case or base-image name, so one case's bytes
 do not depend on which other cases were generated before it.  Every case is
@@ -79,8 +79,7 @@ BUGS: list = []
 def deterministic(seed: str):
     """Patch every source of randomness and time the reference uses (module docstring)."""
     rng = random.Random(f"{SEED_PREFIX}:{seed}")
-    import nvbox._store as store_mod
-    saved = (uuid.uuid4, time.time, os.urandom, random._urandom, store_mod.random_bytes)
+    saved = (uuid.uuid4, time.time, os.urandom, random._urandom)
 
     def urandom(n):
         return rng.randbytes(n)
@@ -89,11 +88,10 @@ def deterministic(seed: str):
     time.time = lambda: float(FIXED_TIME)
     os.urandom = urandom
     random._urandom = urandom
-    store_mod.random_bytes = urandom
     try:
         yield rng
     finally:
-        uuid.uuid4, time.time, os.urandom, random._urandom, store_mod.random_bytes = saved
+        uuid.uuid4, time.time, os.urandom, random._urandom = saved
 
 
 # -- a model of logical content -------------------------------------------------------------
