@@ -1,10 +1,10 @@
 """The PNG of ``nvbox map -o FILE.png``: a cluster map's description as a grid.
 
 The grid is built as one pixel array (each cluster a square cell, shared
-clusters striped) and saved through matplotlib, which only the ``map`` extra
-installs (``pip install 'nvbox[map]'``).  Drawing one patch per cluster took
-minutes for a quarter of a million clusters; the array takes well under a
-second for that, and the PNG encoding dominates.
+clusters striped), the legend is drawn by matplotlib, and pillow writes the
+PNG; matplotlib (with numpy and pillow) comes with the ``map`` extra, ``pip
+install 'nvbox[map]'``.  Drawing one patch per cluster took minutes for a
+quarter of a million clusters; the array takes about a second.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def _need_matplotlib():
         import matplotlib.pyplot as plt
         import numpy as np
         from matplotlib.patches import Patch
+        from PIL import Image                 # pillow: a dependency of matplotlib
     except ImportError:
         raise_code("usage.argument",
                    "drawing a PNG needs matplotlib: install the map extra, pip install 'nvbox[map]'")
-    return np, plt, Patch
+    return np, plt, Patch, Image
 
 
 def legend_entries(description) -> list[tuple[str, str, int]]:
@@ -73,14 +74,13 @@ def render_png(description: dict, path, columns: int | None = None) -> dict:
     ``columns``: clusters per row (default: about as many rows as columns, 64 to
     512).  Returns the grid's geometry (columns, rows, cell pixels).
     """
-    np, plt, Patch = _need_matplotlib()
+    np, plt, Patch, Image = _need_matplotlib()
     n = description["image_clusters"]
     if columns is None:
         columns = min(512, max(64, math.isqrt(max(n, 1) - 1) + 1))
     rows = max(1, -(-n // columns))
     cell = max(1, min(16, 2048 // columns, 8192 // rows))
     entries = legend_entries(description)
-    colour_of = {label: colour for label, colour, _ in entries}
     palette = [_rgb(BACKGROUND)] + [_rgb(colour) for _, colour, _ in entries]
     index_of = {label: i + 1 for i, (label, _, _) in enumerate(entries)}
     other = index_of.get(next((label for label in index_of if label.endswith(" other blobs")), None))
@@ -101,21 +101,30 @@ def render_png(description: dict, path, columns: int | None = None) -> dict:
         pixels[stripe] = 255
         pixels[cell - 1::cell, :, :] = 255
         pixels[:, cell - 1::cell, :] = 255
-    height, width = pixels.shape[:2]
-    width_px = max(width, 640)
-    legend_px = 40 + 18 * -(-(len(entries) + 1) // 3)
-    dpi = 100
-    fig = plt.figure(figsize=(width_px / dpi, (height + legend_px) / dpi), dpi=dpi)
-    ax = fig.add_axes([(width_px - width) / 2 / width_px, legend_px / (height + legend_px),
-                       width / width_px, height / (height + legend_px)])
-    ax.imshow(pixels, interpolation="nearest", aspect="auto")
-    ax.axis("off")
-    handles = [Patch(facecolor=colour_of[label], edgecolor="#808080", label=f"{label} ({count})")
-               for label, _, count in entries]
-    handles.append(Patch(facecolor="#c0c0c0", edgecolor="#808080", hatch="///", label="striped: shared (count > 1)"))
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False,
-               title=f"{n} clusters of {description['cluster_size']} bytes, {description['shared_clusters']} shared,"
-                     f" {columns} per row", title_fontsize=8)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    legend = _legend_pixels(np, plt, Patch, description, entries, columns, max(pixels.shape[1], 640))
+    width = max(pixels.shape[1], legend.shape[1])
+    canvas = np.full((pixels.shape[0] + legend.shape[0], width, 3), 255, dtype=np.uint8)
+    left = (width - pixels.shape[1]) // 2
+    canvas[:pixels.shape[0], left:left + pixels.shape[1]] = pixels
+    canvas[pixels.shape[0]:, :legend.shape[1]] = legend
+    # The grid goes to the PNG as it is: matplotlib's image drawing would resample
+    # megapixels, which took most of the time.
+    Image.fromarray(canvas).save(path, format="PNG")
     return {"columns": columns, "rows": rows, "cell_pixels": cell}
+
+
+def _legend_pixels(np, plt, Patch, description, entries, columns, width_px):
+    """The legend and title, drawn by matplotlib alone, as an RGB array."""
+    dpi = 100
+    height_px = 40 + 18 * -(-(len(entries) + 1) // 3)
+    fig = plt.figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    handles = [Patch(facecolor=colour, edgecolor="#808080", label=f"{label} ({count})")
+               for label, colour, count in entries]
+    handles.append(Patch(facecolor="#c0c0c0", edgecolor="#808080", hatch="///", label="striped: shared (count > 1)"))
+    fig.legend(handles=handles, loc="center", ncol=3, fontsize=7, frameon=False,
+               title=f"{description['image_clusters']} clusters of {description['cluster_size']} bytes, "
+                     f"{description['shared_clusters']} shared, {columns} per row", title_fontsize=8)
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
+    plt.close(fig)
+    return rgb

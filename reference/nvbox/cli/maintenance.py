@@ -8,11 +8,11 @@ from .. import _format as fmt
 from ..check import check_image, repair_image
 from ..clustermap import cluster_map
 from ..compact import compact_image
-from ..errors import NvboxError, error_class
+from ..errors import NvboxError
 from ..mappicture import render_png
 from ..probe import signature
-from .common import (CONTEXT, EXIT_CORRUPT, EXIT_FAILED, EXIT_UNSUPPORTED, PROGRESS_CLUSTERS, Progress, emit_json,
-                     human_size, image_command, table)
+from .common import (CONTEXT, EXIT_CORRUPT, EXIT_FAILED, EXIT_UNSUPPORTED, PROGRESS_CLUSTERS, Progress, emit_error,
+                     emit_json, human_size, image_command, table)
 
 __all__ = ["check", "compact", "map_command"]
 
@@ -78,8 +78,9 @@ def check(image, repair, output):
         if exc.code == "header.magic" and not _has_signature(image.path):
             # Not a damaged nvbox image but some other file: qemu-img's "format does
             # not support checks", the check could not be done.
-            raise error_class("header.magic")(f"{image.path} is not an nvbox image (no nvbox signature in its "
-                                              "header or commit slots): nothing to check") from None
+            emit_error(exc.code, f"{image.path} is not an nvbox image (no nvbox signature in its header or commit "
+                                 "slots): nothing to check", output)
+            raise click.exceptions.Exit(EXIT_FAILED)
         code = _check_exit(exc.kind)
         if output == "json":
             emit_json({"verdict": "corrupt" if exc.kind == "corrupt" else "unsupported", "opened": False,
