@@ -23,6 +23,9 @@ import traceback
 
 import nvbox
 
+from . import crypto
+from .check import check_image
+from .compact import compact_image
 from .errors import NvboxError, raise_code
 
 __all__ = ["main", "logical_content", "run_ops", "load_ops", "EXIT_OK", "EXIT_REJECTED", "EXIT_UNSUPPORTED"]
@@ -41,36 +44,15 @@ class Unsupported(Exception):
         self.what, self.message = what, message
 
 
-def _missing_crypto(exc: ImportError) -> bool:
-    """True when ``exc`` says the nvbox.crypto module is absent."""
-    name = exc.name or ""
-    return name.startswith("nvbox.crypto") or (name == "nvbox" and "crypto" in str(exc))
-
-
-def _crypto():
-    try:
-        from . import crypto
-    except ImportError as exc:
-        if _missing_crypto(exc):
-            raise Unsupported("encryption", "this installation lacks nvbox.crypto") from None
-        raise
-    return crypto
-
-
 def _key():
     path = os.environ.get(KEY_ENV)
     if not path:
         return None
-    return _crypto().Key.from_key_file(path)
+    return crypto.Key.from_key_file(path)
 
 
 def _open(path, mode="r"):
-    try:
-        return nvbox.open(path, mode, key=_key())
-    except ImportError as exc:  # an encrypted image met without nvbox.crypto
-        if _missing_crypto(exc):
-            raise Unsupported("encryption", "this installation lacks nvbox.crypto") from None
-        raise
+    return nvbox.open(path, mode, key=_key())
 
 
 # -- read ------------------------------------------------------------------------------------
@@ -123,7 +105,6 @@ def verb_read(args):
 def verb_check(args):
     if len(args) != 1:
         raise_code("usage.argument", "usage: check IMAGE")
-    from .check import check_image
     try:
         img = _open(args[0])
     except NvboxError as exc:
@@ -266,7 +247,6 @@ def run_ops(img, ops, base_dir=".") -> None:
             with img.transaction():
                 run_ops(img, op.get("ops"), base_dir)
         elif kind == "compact":
-            from .compact import compact_image
             compact_image(img)
 
 
