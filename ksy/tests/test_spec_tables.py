@@ -4,13 +4,13 @@ Mapping (also in ksy/README.md). A byte table is a markdown table whose header
 row starts `| offset | size | name |`; it is identified by the section heading
 above it and, when there is one, the "Label (N bytes):" line right before it:
 
-    3. The header                     -> nvbox.ksy type `header`
+    3. The header                     -> nvbox.ksy type `image_header`
     3.1 Header extensions             -> `header_extension`
     4. Commit slots                   -> `commit_slot`
     6. Pointers / Plain pointer       -> `pointer` (fields if: not is_encrypted)
     6. Pointers / Encrypted pointer   -> `pointer` (fields if: is_encrypted)
     9. The directory                  -> `dir_node`
-    10.1 Keys                         -> `keyslot_table`
+    10.1 Keys                         -> `keyslot_cluster`
     10.1 Keys / Key slot              -> `key_slot`
 
 The feature-bit table (`| mask | bit | name |`) maps each named bit of mask
@@ -35,13 +35,13 @@ KSY_DIR = Path(__file__).resolve().parents[1]
 SPEC = KSY_DIR.parent / "spec" / "nvbox.md"
 
 TABLE_MAP = {
-    ("3. The header", None): "header",
+    ("3. The header", None): "image_header",
     ("3.1 Header extensions", None): "header_extension",
     ("4. Commit slots", None): "commit_slot",
     ("6. Pointers", "Plain pointer"): "pointer",
     ("6. Pointers", "Encrypted pointer"): "pointer",
     ("9. The directory", None): "dir_node",
-    ("10.1 Keys", None): "keyslot_table",
+    ("10.1 Keys", None): "keyslot_cluster",
     ("10.1 Keys", "Key slot"): "key_slot",
 }
 # Seq fields a type has beyond its spec table, and why.
@@ -60,7 +60,7 @@ ASN1_MAP = {
     "Snapshot": "snapshot_body",
     "DirLeaf": "dir_body",
     "DirIndex": "dir_body",
-    "SnapshotTable": "snapshot_table",
+    "SnapshotTable": "snapshot_table_der",
 }
 
 
@@ -111,8 +111,10 @@ def ksy_types(ksy):
 
 
 def members(t):
-    seq = [a["id"] for a in t.get("seq", [])]
-    return seq, set(seq) | set(t.get("instances") or {})
+    """(seq ids, every member name): a field renamed because the spec's name is a
+    keyword of some target keeps the spec's name as ``-orig-id``, and counts as it."""
+    seq = [a.get("-orig-id", a["id"]) for a in t.get("seq", [])]
+    return seq, set(seq) | {a["id"] for a in t.get("seq", [])} | set(t.get("instances") or {})
 
 
 def test_spec_has_the_expected_tables():
@@ -203,4 +205,62 @@ def test_asn1_module_in_descriptor(ksy_types):
         assert not missing, f"{asn} -> {ASN1_MAP[asn]}: missing {missing}"
         for a in t.get("seq", []):
             if snake_orig := a.get("-orig-id"):
-                assert snake(snake_orig) == a["id"]
+                assert a["id"].startswith(snake(snake_orig)), (snake_orig, a["id"])
+
+
+# -- the reference's layout tables (nvbox._format) against the spec's byte tables --------------
+
+LAYOUT_MAP = {
+    ("3. The header", None): "HEADER",
+    ("3.1 Header extensions", None): "EXTENSION",
+    ("4. Commit slots", None): "SLOT",
+    ("6. Pointers", "Plain pointer"): "PLAIN_POINTER_LAYOUT",
+    ("6. Pointers", "Encrypted pointer"): "ENCRYPTED_POINTER_LAYOUT",
+    ("9. The directory", None): "DIR_NODE",
+    ("10.1 Keys", None): "KEYSLOT_TABLE",
+    ("10.1 Keys", "Key slot"): "KEYSLOT",
+}
+
+
+def spec_extent(cell: str):
+    """An offset or size cell as a number ("96 x 8" multiplied out), or the
+    expression the spec writes (backticks and spacing dropped)."""
+    text = field_name(cell)
+    if re.fullmatch(r"\d+( x \d+)*", text):
+        value = 1
+        for part in text.split(" x "):
+            value *= int(part)
+        return value
+    return " ".join(text.replace("`", "").split())
+
+
+def test_every_spec_byte_table_has_a_layout():
+    from nvbox import _format as fmt
+    keys = {(h, lab) for h, lab, _, _ in byte_tables()}
+    assert keys == set(LAYOUT_MAP)
+    assert {getattr(fmt, name) for name in LAYOUT_MAP.values()} == set(fmt.LAYOUTS.values())
+
+
+@pytest.mark.parametrize("table", byte_tables(), ids=lambda t: f"{t[0]}/{t[1]}")
+def test_layout_rows_match_spec(table):
+    """Offset, size and name of every row, in order; the error code a row names;
+    the value of a row that gives one number (reserved zeros, versions)."""
+    from nvbox import _format as fmt
+    from nvbox.errors import ERROR_CODES
+    heading, label, _, rows = table
+    layout = getattr(fmt, LAYOUT_MAP[(heading, label)])
+    spec = [(spec_extent(r[0]), spec_extent(r[1]), field_name(r[2]), r[3]) for r in rows]
+    assert [s[2] for s in spec] == [f.name for f in layout], f"{layout.name}: names or order differ"
+    for (offset, size, name, meaning), f in zip(spec, layout):
+        assert (f.offset, f.size) == (offset, size), f"{layout.name}.{name}: offset/size"
+        named = [c for c in re.findall(r"`([a-z_0-9]+\.[a-z_0-9]+)`", meaning) if c in ERROR_CODES]
+        if named and f.error is not None:
+            assert f.error in named, f"{layout.name}.{name}: error {f.error}, the spec names {named}"
+        if f.error is not None:
+            assert f.error in ERROR_CODES, f"{layout.name}.{name}: unknown error code {f.error}"
+        number = re.match(r"(\d+)(?:\.(?:\s|$)| \(| in\b)", meaning)
+        if number:
+            assert f.valid == int(number.group(1)), f"{layout.name}.{name}: valid {f.valid!r}, spec {number.group(1)}"
+    fixed = [f for f in layout if f.fixed]
+    if isinstance(layout.size, int):
+        assert layout.struct.size == max(f.end for f in fixed) <= layout.size
