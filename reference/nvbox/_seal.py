@@ -27,6 +27,7 @@ from itertools import repeat
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import _format as fmt
 from .errors import raise_code
 
 __all__ = ["Cipher", "SealSlots", "hkdf_sha256", "TAG_SIZE", "NONCE_SIZE", "KEY_SIZE"]
@@ -38,6 +39,8 @@ TAG_SIZE, NONCE_SIZE, KEY_SIZE = 16, 12, 32
 _HAVE_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
 _INFO_CLUSTER = b"nvbox v1 cluster"
 _INFO_SLOT_MAC = b"nvbox v1 slot mac"
+# A commit slot's MAC field; the MAC covers every byte before it.
+_MAC = fmt.SLOT.span("slot_mac")
 
 
 def _hkdf_extract(ikm: bytes, salt: bytes) -> bytes:
@@ -167,11 +170,11 @@ class Cipher:
             raise_code("cluster.auth", f"cluster at offset {offset} failed authentication")
 
     def slot_mac(self, body) -> bytes:
-        """HMAC-SHA256 of a commit slot's bytes 0..475."""
-        return hmac.digest(self._mac_key, bytes(body[:476]), "sha256")
+        """HMAC-SHA256 of a commit slot's bytes before its MAC field (0..475)."""
+        return hmac.digest(self._mac_key, bytes(body[:_MAC.start]), "sha256")
 
     def verify_slot(self, raw) -> bool:
-        """True when the commit slot's MAC (bytes 476..507) is right for this master key.
+        """True when the commit slot's MAC (its bytes 476..507) is right for this master key.
 
         The last body that passed is remembered: a reopen or refresh that finds
         the same unchanged slot (the common case) is answered by comparing 508
@@ -179,10 +182,10 @@ class Cipher:
         raw = raw if isinstance(raw, bytes) else bytes(raw)
         if self._verified_slot is not None and raw.startswith(self._verified_slot):
             return True
-        body = raw[:508]
-        if len(body) < 508:
+        body = raw[:_MAC.stop]
+        if len(body) < _MAC.stop:
             return False
-        ok = hmac.compare_digest(self.slot_mac(body[:476]), body[476:508])
+        ok = hmac.compare_digest(self.slot_mac(body), body[_MAC])
         if ok:
             self._verified_slot = body
         return ok

@@ -686,7 +686,7 @@ class ClusterStore:
         self.stats.flushes += 1
         if mac is not None:
             body = slot.encode_unsigned()
-            slot = replace(slot, slot_mac=mac(bytes(body[:476])))
+            slot = replace(slot, slot_mac=mac(body))
         raw = slot.encode()
         self.dev.write(fmt.SLOT_OFFSETS[(slot.generation + 1) % 2], raw)
         self.stats.bytes_written += len(raw)

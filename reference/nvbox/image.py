@@ -74,7 +74,7 @@ def _retry_while_the_writer_moves(attempt, race_codes, moved_on, during: str):
 
 def _newest_generation(raw: bytes) -> int:
     """The highest generation among the valid slots of a header area (0 if none)."""
-    gens = [int.from_bytes(raw[off + 8:off + 16], "little") for index, off in enumerate(fmt.SLOT_OFFSETS)
+    gens = [fmt.slot_generation(raw, off) for index, off in enumerate(fmt.SLOT_OFFSETS)
             if fmt.slot_is_valid(raw[off:off + fmt.SECTOR], index)]
     return max(gens, default=0)
 
@@ -154,7 +154,7 @@ class Image:
             body = raw[off:off + fmt.SECTOR]
             if fmt.slot_is_valid(body, index):
                 slots.append(body)
-        slots.sort(key=lambda b: int.from_bytes(b[8:16], "little"), reverse=True)
+        slots.sort(key=fmt.slot_generation, reverse=True)
         if not slots:
             raise_code("slot.none_valid", "neither commit slot is valid")
         known = getattr(self, "cipher", None) if not self.writable else None
