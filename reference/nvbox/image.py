@@ -121,7 +121,7 @@ class Image:
         self._txn_depth = 0             # transaction() blocks open
         self._long_lived = False        # begin() opened a transaction that commit()/abort() ends
         self._pin_depth = 0             # read_transaction() blocks open
-        self._read_depth = 0            # _reading calls open (the outermost one retries)
+        self._read_depth = 0            # reading() calls open (the outermost one retries)
         self._load()
 
     # -- opening ---------------------------------------------------------------------
