@@ -13,22 +13,13 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
 import nvbox
-from nvbox.cli import cli
 from nvbox.clustermap import cluster_map
 from nvbox.mappicture import BLOB_COLOURS, CATEGORY_COLOURS, legend_entries
 
+from test_cli import ok, run
 
-def run(*args, input=None, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
-
-
-def ok(*args, **kw):
-    r = run(*args, **kw)
-    assert r.exit_code == 0, (args, r.exit_code, r.output)
-    return r
 
 
 @pytest.fixture
@@ -75,24 +66,25 @@ def test_check_of_a_file_that_is_not_nvbox_could_not_check(tmp_path):
 # -- info without a key -----------------------------------------------------------------------------
 
 def test_info_of_an_encrypted_image_without_a_key(tmp_path):
-    p, pw = tmp_path / "e.nvbox", tmp_path / "pw"
-    pw.write_bytes(b"secret\n")
-    ok("create", "--encrypt", "--passphrase-file", pw, p)
-    ok("put", "--passphrase-file", pw, p, "a", input=b"hello")
-    ok("key", "add", "--passphrase-file", pw, "--new-passphrase-file", pw, p)
+    p, k1, k2 = tmp_path / "e.nvbox", tmp_path / "k1", tmp_path / "k2"
+    k1.write_bytes(b"A" * 32)
+    k2.write_bytes(b"B" * 32)
+    ok("create", "--encrypt", "--key-file", k1, p)
+    ok("put", "--key-file", k1, p, "a", input=b"hello")
+    ok("key", "add", "--key-file", k1, "--new-key-file", k2, p)
     env = {"NVBOX_PASSPHRASE": None}
     r = ok("info", p, env=env)
     assert "encrypted:    yes" in r.output and "used:         - (needs the key)" in r.output
-    assert "key slots:    2 in use (argon2id, argon2id)" in r.output and "Needs the key:" in r.output
+    assert "key slots:    2 in use (keyfile, keyfile)" in r.output and "Needs the key:" in r.output
     doc = json.loads(ok("info", "--output", "json", p, env=env).stdout)
-    unlocked = json.loads(ok("info", "--output", "json", "--passphrase-file", pw, p).stdout)
+    unlocked = json.loads(ok("info", "--output", "json", "--key-file", k2, p).stdout)
     assert doc["authenticated"] is False and "used_clusters" not in doc and doc["needs_key"]
     for field in ("cluster_size", "image_clusters", "generation", "blob_count", "snapshot_count", "encrypted",
                   "capacity", "image_uuid", "key_slots"):
         assert doc[field] == unlocked[field], field
     # a wrong key is still an error
-    (tmp_path / "bad").write_bytes(b"wrong")
-    r = run("info", "--passphrase-file", tmp_path / "bad", p)
+    (tmp_path / "bad").write_bytes(b"C" * 32)
+    r = run("info", "--key-file", tmp_path / "bad", p)
     assert r.exit_code == 1 and r.stderr.startswith("nvbox: error: key.invalid: ")
 
 

@@ -12,9 +12,8 @@ import subprocess
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from nvbox.cli import cli
+from test_cli import ok, run
 
 TOOLS = ("swtpm_setup", "swtpm", "swtpm_ioctl", "tpm2_nvdefine", "tpm2_nvwrite", "tpm2_nvread")
 pytestmark = pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
@@ -23,11 +22,6 @@ pytestmark = pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
 INDEX = "0x1500016"
 TIMEOUT = 30
 
-
-def ok(*args):
-    r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert r.exit_code == 0, (args, r.exit_code, r.output)
-    return r
 
 
 class Swtpm:
@@ -107,7 +101,7 @@ def test_swtpm_state_directory_round_trip(tmp_path):
     doc = json.loads(ok("import", "--output", "json", image, state).stdout)
     assert sorted(doc["written"]) == ["tpm2-00.permall", "tpm2-00.volatilestate"]
     assert json.loads(ok("import", "--output", "json", image, state).stdout)["written"] == []
-    assert CliRunner().invoke(cli, ["diff", str(image), "provisioned"]).exit_code == 1
+    assert run("diff", image, "provisioned").exit_code == 1
 
     # Revert the directory to the snapshot: the newer volatile state must go too.
     doc = json.loads(ok("export", "--mirror", "--snapshot", "provisioned", "--output", "json", image,
