@@ -3,9 +3,11 @@
 ``Image`` wires the layers together: the header and commit slots (``_format``),
 the cluster store (``_store``) and the trees (``_tree``).  Every mutating call
 is one atomic, durable commit, unless it runs inside ``with
-image.transaction():``, whose changes commit together when the block ends.  A
-failure abandons the transaction and returns the handle to the last durable
-commit (R-commit-4).
+image.transaction():``, whose changes commit together when the block ends, or
+between ``image.begin()`` and ``image.commit()`` (a server's transaction, open
+across many calls).  What a commit will carry is the handle's ``Transaction``
+(``transaction.py``).  A failure abandons the transaction and returns the
+handle to the last durable commit (R-commit-4).
 """
 
 from __future__ import annotations
