@@ -264,23 +264,28 @@ def _probe(raw):
         return "crash", f"{type(exc).__name__}: {exc}"
 
 
+# Field offsets from the reference's layout tables (spec sections 3, 4).
+_HEADER_CRC = fmt.HEADER["header_crc"].offset
+_SLOT_CRC = fmt.SLOT["slot_crc"].offset
+
+
 def _reseal_header(b):
-    struct.pack_into("<I", b, 508, fmt.crc32c(bytes(b[:508])))
+    struct.pack_into("<I", b, _HEADER_CRC, fmt.crc32c(bytes(b[:_HEADER_CRC])))
 
 
 def _active_slot_offset(raw):
     best = None
     for idx, off in enumerate(fmt.SLOT_OFFSETS):
-        body = raw[off:off + 512]
+        body = raw[off:off + fmt.SECTOR]
         if fmt.slot_is_valid(body, idx):
-            gen = struct.unpack_from("<Q", body, 8)[0]
+            gen = fmt.slot_generation(body)
             if best is None or gen > best[0]:
                 best = (gen, off)
     return best[1]
 
 
 def _reseal_slot(b, off):
-    struct.pack_into("<I", b, off + 508, fmt.crc32c(bytes(b[off:off + 508])))
+    struct.pack_into("<I", b, off + _SLOT_CRC, fmt.crc32c(bytes(b[off:off + _SLOT_CRC])))
 
 
 def _mutants(base: bytes, rng: random.Random, n_random: int):
@@ -303,20 +308,20 @@ def _mutants(base: bytes, rng: random.Random, n_random: int):
     # re-sealed header bytes
     for _ in range(max(8, n_random // 5)):
         b = bytearray(base)
-        p = rng.randrange(8, 508)
+        p = rng.randrange(fmt.HEADER["magic"].end, _HEADER_CRC)
         b[p] = rng.randrange(256)
         _reseal_header(b)
         yield "header", bytes(b)
     # re-sealed slot: random bytes and hostile field values
     for _ in range(max(8, n_random // 5)):
         b = bytearray(base)
-        p = slot + rng.randrange(8, 508)
+        p = slot + rng.randrange(fmt.SLOT["slot_magic"].end, _SLOT_CRC)
         b[p] = rng.randrange(256)
         _reseal_slot(b, slot)
         yield "slot-byte", bytes(b)
-    fields = {"image_clusters": (40, "<Q"), "blob_count": (48, "<Q"), "refcount_depth": (72, "<B"),
-              "dir_depth": (73, "<B"), "snaptable_depth": (74, "<B"), "snapshot_count": (76, "<I"),
-              "snaptable_size": (80, "<Q")}
+    fields = {name: (fmt.SLOT[name].offset, "<" + fmt.SLOT[name].code)
+              for name in ("image_clusters", "blob_count", "refcount_depth", "dir_depth", "snaptable_depth",
+                           "snapshot_count", "snaptable_size")}
     extremes = {"<Q": (0, 1, 2 ** 40, 2 ** 64 - 1, size // cs + 1000), "<B": (0, 1, 5, 16, 17, 255),
                 "<I": (0, 1, 2 ** 16, 2 ** 32 - 1)}
     for fname, (off, f) in fields.items():
@@ -326,8 +331,8 @@ def _mutants(base: bytes, rng: random.Random, n_random: int):
             _reseal_slot(b, slot)
             yield f"slot-{fname}", bytes(b)
     # re-sealed root nodes: hostile contents behind a valid pointer checksum
-    for ptr_off in (88, 128, 168):
-        ptr = fmt.decode_pointer(base[slot + ptr_off:slot + ptr_off + 16], 16)
+    for ptr_off in (fmt.SLOT[name].offset for name in ("refcount_root", "dir_root", "snaptable_root")):
+        ptr = fmt.decode_pointer(base[slot + ptr_off:slot + ptr_off + fmt.PLAIN_POINTER], fmt.PLAIN_POINTER)
         if ptr.is_null or ptr.offset + cs > size:
             continue
         for _ in range(max(6, n_random // 5)):
@@ -336,7 +341,8 @@ def _mutants(base: bytes, rng: random.Random, n_random: int):
                 q = ptr.offset + rng.randrange(cs)
                 b[q] = rng.randrange(256)
             node = bytes(b[ptr.offset:ptr.offset + cs])
-            b[slot + ptr_off:slot + ptr_off + 16] = fmt.Pointer(ptr.offset, fmt.crc32c(node)).encode(16)
+            b[slot + ptr_off:slot + ptr_off + fmt.PLAIN_POINTER] = \
+                fmt.Pointer(ptr.offset, fmt.crc32c(node)).encode(fmt.PLAIN_POINTER)
             _reseal_slot(b, slot)
             yield f"root@{ptr_off}", bytes(b)
 

@@ -601,19 +601,19 @@ types:
       - id: child_level
         type: u1
     seq:
-      - id: ptr
+      - id: pointer
         type: pointer(_root.is_encrypted, _root.image_clusters)
     instances:
       child:
         io: _root._io
-        pos: ptr.offset
+        pos: pointer.offset
         size: _root.cluster_size
         type:
           switch-on: child_level
           cases:
             1: refcount_block
             _: refcount_index_node(child_level)
-        if: ptr.offset != 0
+        if: pointer.offset != 0
   map_node:
     doc: |
       A cluster-map node: `F = cluster_size / P` pointers and nothing else.
@@ -655,7 +655,7 @@ types:
       - id: top_offset
         type: u8
     seq:
-      - id: ptr
+      - id: pointer
         type: pointer(_root.is_encrypted, _root.image_clusters)
         valid:
           expr: |
@@ -669,14 +669,14 @@ types:
     instances:
       child:
         io: _root._io
-        pos: ptr.offset
+        pos: pointer.offset
         size: _root.cluster_size
         type:
           switch-on: level
           cases:
             1: data_cluster
-            _: map_node(level - 1, ptr.offset, node_offset, top_offset)
-        if: ptr.offset != 0
+            _: map_node(level - 1, pointer.offset, node_offset, top_offset)
+        if: pointer.offset != 0
   data_cluster:
     doc: One cluster of blob (or snapshot table) bytes.
     seq:
@@ -773,7 +773,7 @@ types:
       - id: size
         type: der_integer
         valid:
-          expr: _.value <= 281474976710656
+          expr: _.body.at_most_2_48
         doc: The blob's size in bytes, at most 2^48.
       - id: content
         type: blob_content(size.value, map_levels.depth)
@@ -848,14 +848,14 @@ types:
     instances:
       root_node:
         io: _root._io
-        pos: root.ptr.offset
+        pos: root.pointer.offset
         size: _root.cluster_size
         type:
-          switch-on: depth.value
+          switch-on: depth.value.as<u1>
           cases:
             0: data_cluster
-            _: map_node(depth.value, root.ptr.offset, 0, root.ptr.offset)
-        if: root.ptr.offset != 0
+            _: map_node(depth.value.as<u1>, root.pointer.offset, 0, root.pointer.offset)
+        if: root.pointer.offset != 0
         doc: The data cluster (depth 0) or the top map node.
   dir_branch:
     doc: 'DirBranch ::= SEQUENCE { lowKey OCTET STRING (SIZE (0 | 32)), child }'
@@ -885,7 +885,7 @@ types:
     instances:
       child_node:
         io: _root._io
-        pos: child.ptr.offset
+        pos: child.pointer.offset
         size: _root.cluster_size
         type: dir_node(child_level)
         doc: The child node (lazy).
@@ -930,7 +930,7 @@ types:
       - id: id
         type: der_integer
         valid:
-          expr: _.value >= 1 and _.value <= 9223372036854775807
+          expr: _.value >= 1 and _.body.below_2_63
       - id: name
         type: der_utf8
         valid:
@@ -968,9 +968,9 @@ types:
         doc: Peek at the tag after `dir_root` (is `metadata` present?).
       dir_root_node:
         io: _root._io
-        pos: dir_root.ptr.offset
+        pos: dir_root.pointer.offset
         size: _root.cluster_size
-        type: dir_node(dir_depth.value - 1)
+        type: dir_node((dir_depth.value - 1).as<u1>)
         if: dir_depth.value != 0
   der_integer:
     seq:
@@ -1023,7 +1023,7 @@ types:
         type: nvbox_der::length
         valid:
           expr: '_root.is_encrypted ? _.value == 40 : _.value == 16'
-      - id: ptr
+      - id: pointer
         size: len.value
         type: pointer(_root.is_encrypted, _root.image_clusters)
   keyslot_cluster:

@@ -131,3 +131,13 @@ types:
       value:
         value: '(_io.size >= 9 ? acc8 * 256 + more[6] : acc8).as<u8>'
         doc: The INTEGER's value.
+      below_2_63:
+        value: _io.size <= 8
+        doc: The value is below 2^63 (minimal form, sign bit clear, at most 8 bytes).
+      at_most_2_48:
+        value: |
+          _io.size <= 6 or (_io.size == 7 and (byte0 == 0 or (byte0 == 1 and byte1 == 0
+          and more[0] == 0 and more[1] == 0 and more[2] == 0 and more[3] == 0 and more[4] == 0)))
+        doc: |
+          The value is at most 2^48 (7 bytes: 0x00 and a byte >= 0x80, or
+          0x01 00 00 00 00 00 00), without a 64-bit literal.

@@ -27,7 +27,7 @@ def _map(node, level: int, fanout: int, first: int, out: list) -> None:
     """Append [logical cluster, sha] of every data cluster under a map node."""
     span = fanout ** (level - 1)
     for i, e in enumerate(node.entries):
-        if e.ptr.offset == 0:
+        if e.pointer.offset == 0:
             continue
         if level == 1:
             out.append([first + i, _sha(e.child.data)])
@@ -37,7 +37,7 @@ def _map(node, level: int, fanout: int, first: int, out: list) -> None:
 
 def _cluster_map(cm, fanout: int) -> list:
     out: list = []
-    if cm.root.ptr.offset != 0:
+    if cm.root.pointer.offset != 0:
         if cm.depth.value == 0:
             out.append([0, _sha(cm.root_node.data)])
         else:
@@ -74,7 +74,7 @@ def _refcounts(node, level: int, fanout: int, half: int, first: int, out: dict) 
         return
     span = half * fanout ** (level - 2)
     for i, e in enumerate(node.entries):
-        if e.ptr.offset != 0:
+        if e.pointer.offset != 0:
             _refcounts(e.child, level - 1, fanout, half, first + i * span, out)
 
 

@@ -27,13 +27,13 @@ def blob_bytes(entry, cs, P):
     if c.tag == 0x80:
         return c.inline_data
     cm = c.clusters
-    if cm.root.ptr.offset == 0:
+    if cm.root.pointer.offset == 0:
         return bytes(body.size.value)
 
     def rd(node, level):
         if level == 0:
             return node.data
-        return b"".join(rd(e.child, level - 1) if e.ptr.offset else bytes(cs * (cs // P) ** (level - 1))
+        return b"".join(rd(e.child, level - 1) if e.pointer.offset else bytes(cs * (cs // P) ** (level - 1))
                         for e in node.entries)
     return rd(cm.root_node, cm.depth.value)[: body.size.value].ljust(body.size.value, b"\0")
 
@@ -65,11 +65,11 @@ def check_crcs(img):
 
     def map_node(node, level):
         for e in node.entries:
-            ptr(e.ptr, (lambda e=e: map_node(e.child, level - 1)) if level > 1 else None)
+            ptr(e.pointer, (lambda e=e: map_node(e.child, level - 1)) if level > 1 else None)
 
     def cmap(c):
         d = c.depth.value
-        ptr(c.root.ptr, (lambda: map_node(c.root_node, d)) if d else None)
+        ptr(c.root.pointer, (lambda: map_node(c.root_node, d)) if d else None)
 
     def dnode(node):
         if node.level == 0:
@@ -78,12 +78,12 @@ def check_crcs(img):
                     cmap(e.body.content.clusters)
         else:
             for br in node.body.branches:
-                ptr(br.child.ptr, lambda br=br: dnode(br.child_node))
+                ptr(br.child.pointer, lambda br=br: dnode(br.child_node))
 
     def rnode(node, level):
         if level > 1:
             for e in node.entries:
-                ptr(e.ptr, lambda e=e: rnode(e.child, level - 1))
+                ptr(e.pointer, lambda e=e: rnode(e.child, level - 1))
 
     s = img.active_slot
     ptr(s.refcount_root, lambda: rnode(img.refcount_root_node, s.refcount_depth))
@@ -92,7 +92,7 @@ def check_crcs(img):
         if s.snaptable_depth else None)
     if img.snapshot_table is not None:
         for sn in img.snapshot_table.snapshots:
-            ptr(sn.body.dir_root.ptr, lambda sn=sn: dnode(sn.body.dir_root_node))
+            ptr(sn.body.dir_root.pointer, lambda sn=sn: dnode(sn.body.dir_root_node))
     return counts
 
 
@@ -104,7 +104,7 @@ def refcounts(img):
             yield node
         else:
             for e in node.entries:
-                if e.ptr.offset:
+                if e.pointer.offset:
                     yield from blocks(e.child, level - 1)
                 else:
                     yield None

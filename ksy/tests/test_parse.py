@@ -28,7 +28,7 @@ def walk_blob(img, content, cs):
     if content.tag == 0x80:
         return content.inline_data
     cm = content.clusters
-    if cm.root.ptr.offset == 0:
+    if cm.root.pointer.offset == 0:
         return None
 
     def rd(node, level):
@@ -36,7 +36,7 @@ def walk_blob(img, content, cs):
             return node.data
         out = b""
         for e in node.entries:
-            out += (rd(e.child, level - 1) if e.ptr.offset
+            out += (rd(e.child, level - 1) if e.pointer.offset
                     else b"\0" * cs * (cs // img.pointer_width) ** (level - 1))
         return out
     return rd(cm.root_node, cm.depth.value)
@@ -84,7 +84,7 @@ def test_valid_image_roundtrip(tmp_path, parse, bits):
     # refcounts
     half = img.cluster_size // 2
     root = img.refcount_root_node
-    blocks = [root] if s.refcount_depth == 1 else [e.child for e in root.entries if e.ptr.offset]
+    blocks = [root] if s.refcount_depth == 1 else [e.child for e in root.entries if e.pointer.offset]
     counts = [c for b in blocks for c in b.counts]
     for c, n in info["counts"].items():
         assert counts[c] == n, c
@@ -107,8 +107,8 @@ def test_crcs_exposed_for_application_check(tmp_path, parse):
         assert crc32c(ptr.cluster_bytes) == ptr.crc
     for e in entries(img):
         c = e.body.content
-        if c.tag != 0x80 and c.clusters.root.ptr.offset:
-            assert crc32c(c.clusters.root.ptr.cluster_bytes) == c.clusters.root.ptr.crc
+        if c.tag != 0x80 and c.clusters.root.pointer.offset:
+            assert crc32c(c.clusters.root.pointer.cluster_bytes) == c.clusters.root.pointer.crc
 
 
 def test_directory_with_index_node(tmp_path, parse):
@@ -368,6 +368,11 @@ def entry(name=b"small", size=der_int(3), content=tlv(0x80, b"abc"), ext=b""):
     (der_seq(entry(size=der_int(0), content=tlv(0xA1, der_int(0) + tlv(0x04, bytes(16)) + der_int(0)))),
      "/types/cluster_map/seq/2"),                                               # element after root
     (der_seq(entry(name=b"n" * 200, size=der_int(200), content=tlv(0x80, b"i" * 200))), None),  # inline >= 128
+    (der_seq(entry(size=der_int(2 ** 48), content=tlv(0xA1, der_int(5) + tlv(0x04, bytes(16))))), None),
+    (der_seq(entry(size=der_int(2 ** 48 + 1), content=tlv(0xA1, der_int(5) + tlv(0x04, bytes(16))))),
+     "/types/dir_entry_body/seq/1"),                                            # size > 2^48
+    (der_seq(entry(size=der_int(2 ** 56), content=tlv(0xA1, der_int(6) + tlv(0x04, bytes(16))))),
+     "/types/dir_entry_body/seq/1"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_der(tmp_path, parse, body, path):
     raw = leaf_with(tmp_path, parse, body)

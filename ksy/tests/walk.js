@@ -44,7 +44,7 @@ function sha(bytes) {
 function walkMap(node, level, fanout, first, out) {
   const span = fanout ** (level - 1);
   node.entries.forEach((e, i) => {
-    if (e.ptr.offset === 0) return;
+    if (e.pointer.offset === 0) return;
     if (level === 1) out.push([first + i, sha(e.child.data)]);
     else walkMap(e.child, level - 1, fanout, first + i * span, out);
   });
@@ -52,7 +52,7 @@ function walkMap(node, level, fanout, first, out) {
 
 function clusterMap(cm, fanout) {
   const out = [];
-  if (cm.root.ptr.offset !== 0) {
+  if (cm.root.pointer.offset !== 0) {
     if (cm.depth.value === 0) out.push([0, sha(cm.rootNode.data)]);
     else walkMap(cm.rootNode, cm.depth.value, fanout, 0, out);
   }
@@ -83,7 +83,7 @@ function refcounts(node, level, fanout, half, first, out) {
   }
   const span = half * fanout ** (level - 2);
   node.entries.forEach((e, i) => {
-    if (e.ptr.offset !== 0) refcounts(e.child, level - 1, fanout, half, first + i * span, out);
+    if (e.pointer.offset !== 0) refcounts(e.child, level - 1, fanout, half, first + i * span, out);
   });
 }
 
