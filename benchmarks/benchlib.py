@@ -1,9 +1,11 @@
 """Shared helpers of the benchmark suites (test_bench_*.py).
 
 Selection: NVBOX_BENCH=quick (default) runs a small subset (< 3 minutes on 2 cores);
-NVBOX_BENCH=full runs every size.  NVBOX_BENCH_STRICT=1 turns a missed target into a test
-failure (by default targets are measured, recorded and reported, never fatal, so that
-`make test` stays robust on slow or noisy machines).  NVBOX_BENCH_DIR chooses where the
+NVBOX_BENCH=full runs every size.  Targets are of two kinds (``target``): counts (clusters
+written or read, flushes, bytes, freed clusters, undetected mutants), which do not depend on
+the machine and fail their test when missed, and timing ratios, which are recorded and
+reported but fail only with NVBOX_BENCH_STRICT=1, so that a loaded machine does not fail
+`make test`.  NVBOX_BENCH_DIR chooses where the
 stores live (default: the system temporary directory, which must be a real disk file
 system for the numbers to mean anything; scratch files of the qcow2 peer go to /dev/shm).
 
@@ -151,16 +153,18 @@ def annotate(benchmark, system: str, workload: str, size=None, **extra) -> None:
         info[k] = v
 
 
-def target(benchmark, name: str, value, limit, op: str = "<=", unit: str = "", note: str = "") -> bool:
-    """Record a target measurement (issue 2/3/8) in extra_info['targets'];
-    with NVBOX_BENCH_STRICT=1 a miss fails the test."""
+def target(benchmark, name: str, value, limit, op: str = "<=", unit: str = "", note: str = "", *,
+           timing: bool = False) -> bool:
+    """Record a target measurement (issues 2, 3, 6, 8) in extra_info['targets'].  A missed
+    count fails the test; a missed timing ratio (``timing=True``) only with NVBOX_BENCH_STRICT=1."""
     ok = {"<=": value <= limit, ">=": value >= limit, "==": value == limit, "<": value < limit}[op]
-    rec = {"name": name, "value": value, "limit": limit, "op": op, "unit": unit, "pass": bool(ok)}
+    rec = {"name": name, "value": value, "limit": limit, "op": op, "unit": unit, "pass": bool(ok),
+           "kind": "timing" if timing else "count"}
     if note:
         rec["note"] = note
     benchmark.extra_info.setdefault("targets", []).append(rec)
     _TARGETS.append(rec)
-    if STRICT:
+    if STRICT or not timing:
         assert ok, f"target missed: {name}: {value} {unit} (limit {op} {limit})"
     return ok
 

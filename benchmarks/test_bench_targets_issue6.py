@@ -8,8 +8,8 @@
   whose key-encryption key is already derived, so the KDF's own noise (tens of
   milliseconds) does not hide the microseconds being compared.
 
-Targets are recorded in extra_info['targets'] (report.py tabulates them); they fail the test
-only with NVBOX_BENCH_STRICT=1.
+Targets are recorded in extra_info['targets'] (report.py tabulates them).  The KDF count
+fails its test when missed; the two timing ratios only with NVBOX_BENCH_STRICT=1.
 """
 
 import os
@@ -75,7 +75,7 @@ def test_encrypted_sequential_64m_vs_plain(benchmark):
                plain_seconds=pl, encrypted_seconds=en, plain_mib_s=64 / pl, encrypted_mib_s=64 / en,
                throughput_ratio=ratio, ratio_of_medians=pl / en, plain_rounds=plain, encrypted_rounds=encrypted)
     B.target(benchmark, "issue6 sequential 64M (1M chunks): encrypted/plain throughput",
-             round(ratio, 3), 0.5, op=">=")
+             round(ratio, 3), 0.5, op=">=", timing=True)
 
 
 def _median_opens(plain_path, enc_path, key, rounds):
@@ -133,4 +133,4 @@ def test_encrypted_open_vs_plain(benchmark, monkeypatch):
     B.target(benchmark, "issue6 open with a passphrase: KDF runs", kdf_runs, 1, op="==")
     B.target(benchmark, "issue6 open beyond the KDF: encrypted/plain time "
              f"({en * 1e6:.0f} vs {pl * 1e6:.0f} us; the KDF itself {first_open * 1e3:.0f} ms)",
-             round(en / pl, 3), 1.1, op="<=")
+             round(en / pl, 3), 1.1, op="<=", timing=True)

@@ -54,4 +54,5 @@ def test_large_put_vs_plain_files(benchmark, size):
                ratio_of_medians=pl / nv,
                nvbox_rounds=times["nvbox"], files_rounds=times["files"], file_sizes=sizes)
     B.target(benchmark, f"issue8 large put {B.size_id(size)}: nvbox/plain-file throughput "
-             f"(median of per-round ratios; medians {nv * 1e3:.0f} vs {pl * 1e3:.0f} ms)", round(ratio, 3), 0.5, op=">=")
+             f"(median of per-round ratios; medians {nv * 1e3:.0f} vs {pl * 1e3:.0f} ms)", round(ratio, 3), 0.5, op=">=",
+             timing=True)

@@ -96,8 +96,13 @@ class Schemas:
     """The case and logical-content validators (JSON Schema 2020-12)."""
 
     def __init__(self, schema_dir: Path = SCHEMA_DIR):
-        import jsonschema
-        from referencing import Registry, Resource
+        try:
+            import jsonschema
+            from referencing import Registry, Resource
+        except ImportError as exc:     # installed without the extra: say how to get it
+            print(f"nvbox-conformance: {exc.name} is missing; install the runner with its dependencies: "
+                  "pip install 'nvbox[conformance]'", file=sys.stderr)
+            raise SystemExit(2) from exc
 
         case = _load_json(schema_dir / "case.schema.json")
         logical = _load_json(schema_dir / "logical.schema.json")

@@ -10,7 +10,7 @@ the CI test does.  Prints the totals; exit status 1 on any finding.
 
 ``--count-only`` enumerates the plan's crash states without checking them (a
 few seconds).  ``--limit`` runs the first N workloads only.  ``--json PATH``
-writes the totals for reliability_report.py.
+writes the totals for reliability_report.py, with the commit they were run at.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs"))
 os.environ.setdefault("NVBOX_CRASH", "full")
 
+import stamp  # noqa: E402
 import test_crash as tc  # noqa: E402
 
 
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
     if args.limit:
         plan = plan[:args.limit]
     t0 = time.perf_counter()
+    commit = stamp.git("rev-parse", "--short=12", "HEAD") or None
     with mp.get_context("fork").Pool(args.jobs) as pool:
         if args.count_only:
             total = sum(pool.imap_unordered(_count, plan, chunksize=8))
@@ -66,7 +69,8 @@ def main(argv=None) -> int:
                 with open(args.json, "w") as fh:
                     json.dump({"workloads": done, "planned": len(plan), "states": states, "distinct": distinct,
                                "torn": torn, "seconds": round(time.perf_counter() - t0, 1),
-                               "complete": done == len(plan), "findings": findings}, fh, indent=1)
+                               "complete": done == len(plan), "commit": commit, "findings": findings}, fh,
+                              indent=1)
         for i, (s, d, t, f) in enumerate(pool.imap_unordered(_run, plan, chunksize=1), 1):
             states, distinct, torn = states + s, distinct + d, torn + t
             findings += f
