@@ -1,4 +1,5 @@
-"""What every ``nvbox`` subcommand shares: error reporting, key options, output
+"""What every ``nvbox`` subcommand shares (those of ``nvbox.cli`` and the live
+servers' in ``nvbox.live``): error reporting, key options, output
 formats, the ``image_command`` decorator, and text formatting helpers.
 
 Errors are never tracebacks: any ``NvboxError`` (and ``OSError``, and Ctrl-C)
@@ -23,7 +24,8 @@ import click
 
 import nvbox
 
-from ..errors import NvboxError, raise_code
+from . import crypto
+from .errors import NvboxError, raise_code
 
 __all__ = [
     "CONTEXT", "OUTPUT_CHOICES", "ImageAccess", "Progress", "as_error", "emit_error", "emit_json", "format_time",
@@ -102,8 +104,6 @@ def load_key(key_file=None, passphrase_file=None, *, environ=None):
     passphrase = environ.get("NVBOX_PASSPHRASE")
     if not key_file and not passphrase_file and passphrase is None:
         return None
-    # Imported here so that commands on plain images never load the KDF and cipher code.
-    from .. import crypto
     if key_file:
         return crypto.Key.from_key_file(key_file)
     if passphrase_file:

@@ -193,7 +193,7 @@ def _percentages(text, label):
 @pytest.fixture(scope="module")
 def large(tmp_path_factory):
     """A 512-byte-cluster image and a 4.5 MiB directory: more clusters and bytes
-    than the bars' thresholds (nvbox.cli.common.PROGRESS_*)."""
+    than the bars' thresholds (nvbox.cmdline.PROGRESS_*)."""
     root = tmp_path_factory.mktemp("large")
     src = root / "state"
     src.mkdir()

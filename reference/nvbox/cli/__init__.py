@@ -2,9 +2,10 @@
 
 Every subcommand opens the image, does one thing, and closes it.  The commands
 live in one module per group (``blobs``, ``snapshot``, ``keys``,
-``maintenance``, ``transfer``, ``dump``, ``measure``); what they share (errors,
-key options, output formats, the ``image_command`` decorator) is in
-``common``.  This module makes the group and registers them.
+``maintenance``, ``transfer``, ``dump``, ``measure``); what they share with
+each other and with the live servers' commands (errors, key options, output
+formats, the ``image_command`` decorator) is ``nvbox.cmdline``.  This module
+makes the group and registers them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import click
 
 import nvbox
 
+from ..cmdline import CONTEXT, emit_error, human_size, load_key
+from ..live.commands import mount, umount
+from ..live.serve import serve
 from .blobs import create, get, info, ls, put, rm
-from .common import CONTEXT, emit_error, human_size, load_key
 from .dump import dump, dump_image
 from .keys import key
 from .maintenance import check, compact, map_command
@@ -94,12 +97,11 @@ for _command in (create, put, get, rm, ls, info, check, compact, map_command, im
     cli.add_command(_command)
 
 # -- commands of other packages ---------------------------------------------------------------
-# Each adds one line here: cli.add_command(<click command>), imported from its package
-# (the live servers in nvbox.live: mount/umount, serve).
-from ..live.commands import mount, umount  # noqa: E402 - after the group: commands.py imports cli.common
+# Each adds its click commands here, imported at the top (the live servers in nvbox.live:
+# mount/umount, serve).  They take their options and error guard from nvbox.cmdline,
+# outside this package, so importing them does not import this module.
 cli.add_command(mount)
 cli.add_command(umount)
-from ..live.serve import serve  # noqa: E402 - after the group: serve.py imports cli.common
 cli.add_command(serve)
 
 

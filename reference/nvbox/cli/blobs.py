@@ -9,9 +9,9 @@ import click
 import nvbox
 
 from .. import _format as fmt
+from ..cmdline import CONTEXT, emit_json, format_time, human_size, image_command, table
 from ..errors import NvboxError, raise_code
 from ..probe import NEEDS_KEY, probe
-from .common import CONTEXT, emit_json, format_time, human_size, image_command, table
 
 __all__ = ["create", "get", "info", "ls", "put", "rm"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
+from ..cmdline import CONTEXT, emit_json, image_command
 from ..dump import dump_image, render_dump
-from .common import CONTEXT, emit_json, image_command
 
 __all__ = ["dump", "dump_image"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..cmdline import CONTEXT, emit_json, image_command, load_key
 from ..errors import raise_code
-from .common import CONTEXT, emit_json, image_command, load_key
 
 __all__ = ["key"]
 

@@ -7,12 +7,12 @@ import click
 from .. import _format as fmt
 from ..check import check_image, repair_image
 from ..clustermap import cluster_map
+from ..cmdline import (CONTEXT, EXIT_CORRUPT, EXIT_FAILED, EXIT_UNSUPPORTED, PROGRESS_CLUSTERS, Progress, emit_error,
+                     emit_json, human_size, image_command, table)
 from ..compact import compact_image
 from ..errors import NvboxError
 from ..mappicture import render_png
 from ..probe import signature
-from .common import (CONTEXT, EXIT_CORRUPT, EXIT_FAILED, EXIT_UNSUPPORTED, PROGRESS_CLUSTERS, Progress, emit_error,
-                     emit_json, human_size, image_command, table)
 
 __all__ = ["check", "compact", "map_command"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..cmdline import CONTEXT, emit_json, guard, output_option, read_file
 from ..measure import measure as measure_blobs
-from .common import CONTEXT, emit_json, guard, output_option, read_file
 from .transfer import collect_files
 
 __all__ = ["measure", "measure_paths"]

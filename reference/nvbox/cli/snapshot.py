@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..cmdline import CONTEXT, emit_json, format_time, human_size, image_command, read_file, table
 from ..compare import compare
 from ..live.control import snapshot_op as live_or_local   # a mounted or served image: its live session
-from .common import CONTEXT, emit_json, format_time, human_size, image_command, read_file, table
 
 __all__ = ["diff", "snapshot"]
 

@@ -8,8 +8,8 @@ import os
 
 import click
 
+from ..cmdline import CONTEXT, PROGRESS_BYTES, Progress, emit_error, emit_json, human_size, image_command
 from ..transfer import DEFAULT_EXCLUDES, collect_files, export_blobs, import_files
-from .common import CONTEXT, PROGRESS_BYTES, Progress, emit_error, emit_json, human_size, image_command
 
 __all__ = ["collect_files", "exclude_options", "excludes", "export", "import_"]
 

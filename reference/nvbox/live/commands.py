@@ -26,7 +26,7 @@ import time
 import click
 
 from ..errors import NvboxError, raise_code
-from ..cli.common import CONTEXT, image_command
+from ..cmdline import CONTEXT, image_command
 from . import control
 
 __all__ = ["mount", "umount", "mounted_image"]
@@ -239,7 +239,7 @@ Example:
 @click.option("--timeout", type=click.FloatRange(min=0), default=_EXIT_TIMEOUT, show_default=True,
               metavar="SECONDS", help="How long to wait for the mount process to exit.")
 def umount(mountpoint, timeout):
-    from ..cli.common import guard
+    from ..cmdline import guard
 
     @guard()
     def run():
