@@ -40,23 +40,18 @@ from nvbox import _format as fmt
 __all__ = ["Editor", "Layout", "Node", "Ref", "TLV", "parse_tlvs", "encode_tlv", "crc_fixpoint",
            "SLOT_FIELDS", "HEADER_FIELDS"]
 
-#: Commit slot fields: name -> (offset, struct code) (spec section 4).
-SLOT_FIELDS = {
-    "slot_magic": (0, "8s"), "generation": (8, "Q"), "incompatible_features": (16, "Q"),
-    "compatible_features": (24, "Q"), "autoclear_features": (32, "Q"), "image_clusters": (40, "Q"),
-    "blob_count": (48, "Q"), "next_snapshot_id": (56, "Q"), "commit_time": (64, "Q"),
-    "refcount_depth": (72, "B"), "dir_depth": (73, "B"), "snaptable_depth": (74, "B"), "reserved0": (75, "B"),
-    "snapshot_count": (76, "I"), "snaptable_size": (80, "Q"), "refcount_root": (88, "40s"),
-    "dir_root": (128, "40s"), "snaptable_root": (168, "40s"), "keyslots": (208, "40s"), "alloc_hint": (248, "Q"),
-    "slot_mac": (476, "32s"), "slot_crc": (508, "I"),
-}
+def _field_codes(layout: fmt.Layout) -> dict:
+    """name -> (offset, struct code) for each fixed field of a layout table."""
+    return {f.name: (f.offset, f.code) for f in layout if f.fixed}
 
-#: Header fields: name -> (offset, struct code) (spec section 3).
-HEADER_FIELDS = {
-    "magic": (0, "8s"), "version": (8, "I"), "header_length": (12, "I"), "cluster_bits": (16, "B"),
-    "refcount_order": (17, "B"), "reserved0": (18, "H"), "header_flags": (20, "I"), "image_uuid": (24, "16s"),
-    "capacity_clusters": (40, "Q"), "create_time": (48, "Q"), "header_crc": (508, "I"),
-}
+
+_PTR_CRC = fmt.PLAIN_POINTER_LAYOUT["crc"]   # at the same place in both pointer forms
+
+#: Commit slot fields: name -> (offset, struct code), from the reference's table (spec section 4).
+SLOT_FIELDS = _field_codes(fmt.SLOT)
+
+#: Header fields: name -> (offset, struct code), from the reference's table (spec section 3).
+HEADER_FIELDS = _field_codes(fmt.HEADER)
 
 _AD_KIND = {"data": fmt.KIND_DATA, "map": fmt.KIND_MAP, "refblock": fmt.KIND_REFBLOCK,
             "refindex": fmt.KIND_REFINDEX, "dir": fmt.KIND_DIR, "snapdata": fmt.KIND_SNAPDATA,
@@ -76,7 +71,7 @@ class Ref:
 
     @property
     def crc_at(self) -> list:
-        return self.at[8:12]
+        return self.at[_PTR_CRC.offset:_PTR_CRC.end]
 
 
 @dataclass
@@ -177,7 +172,7 @@ class Layout:
         self.header = fmt.decode_header(bytes(raw[:fmt.HEADER_AREA]))
         if slot_index is None:
             valid = [i for i in (0, 1) if fmt.slot_is_valid(bytes(raw[fmt.SLOT_OFFSETS[i]:][:512]), i)]
-            slot_index = max(valid, key=lambda i: struct.unpack_from("<Q", raw, fmt.SLOT_OFFSETS[i] + 8)[0])
+            slot_index = max(valid, key=lambda i: fmt.slot_generation(raw, fmt.SLOT_OFFSETS[i]))
         self.slot_index = slot_index
         self.slot_off = fmt.SLOT_OFFSETS[slot_index]
         self.slot = fmt.decode_slot(bytes(raw[self.slot_off:self.slot_off + 512]), self.header)
@@ -282,7 +277,7 @@ class Layout:
             return
         raw = self.plain(node.index, "dir", ref)
         base = node.index * self.cs
-        body_length = struct.unpack_from("<I", raw, 8)[0]
+        body_length = fmt.DIR_NODE.unpack(raw)["body_length"]
         items = []
         for tag, a, b in der.elements(raw, *der.parse_single(raw, 16, 16 + body_length, der.SEQUENCE)):
             fields = der.elements(raw, a, b)
@@ -521,7 +516,7 @@ class Editor:
         crc = struct.pack("<I", fmt.crc32c(bytes(self.data[index * self.cs:(index + 1) * self.cs])))
         holders = set()
         for r in node.parents:
-            holders |= self._write_ptr_bytes(r, 8, crc)
+            holders |= self._write_ptr_bytes(r, _PTR_CRC.offset, crc)
         for kind, idx in sorted(holders):
             if kind == "slot":
                 self.reseal_slot(idx)
@@ -535,12 +530,14 @@ class Editor:
     def reseal_slot(self, index: int | None = None) -> None:
         index = self.layout.slot_index if index is None else index
         off = fmt.SLOT_OFFSETS[index]
+        mac, crc = fmt.SLOT["slot_mac"], fmt.SLOT["slot_crc"].offset
         if self.cipher is not None and index == self.layout.slot_index:
-            self.data[off + 476:off + 508] = self.cipher.slot_mac(bytes(self.data[off:off + 476]))
-        struct.pack_into("<I", self.data, off + 508, fmt.crc32c(bytes(self.data[off:off + 508])))
+            self.data[off + mac.offset:off + mac.end] = self.cipher.slot_mac(bytes(self.data[off:off + mac.offset]))
+        struct.pack_into("<I", self.data, off + crc, fmt.crc32c(bytes(self.data[off:off + crc])))
 
     def reseal_header(self) -> None:
-        struct.pack_into("<I", self.data, 508, fmt.crc32c(bytes(self.data[:508])))
+        crc = fmt.HEADER["header_crc"].offset
+        struct.pack_into("<I", self.data, crc, fmt.crc32c(bytes(self.data[:crc])))
 
     # -- fields --------------------------------------------------------
 
@@ -572,10 +569,11 @@ class Editor:
 
     def set_extensions(self, area: bytes, reseal: bool = True) -> None:
         """Replace the header bytes from header_length to 508 (records and what follows)."""
-        hl = struct.unpack_from("<I", self.data, 12)[0]
-        area = bytes(area).ljust(508 - hl, b"\0")
-        assert len(area) == 508 - hl, "extension area too long"
-        self.data[hl:508] = area
+        hl = fmt.HEADER.unpack(self.data)["header_length"]
+        end = fmt.HEADER["header_crc"].offset
+        area = bytes(area).ljust(end - hl, b"\0")
+        assert len(area) == end - hl, "extension area too long"
+        self.data[hl:end] = area
         if reseal:
             self.reseal_header()
 
@@ -583,8 +581,9 @@ class Editor:
 
     def dir_body(self, index: int) -> TLV:
         raw = self.cluster(index)
-        n = struct.unpack_from("<I", raw, 8)[0]
-        return parse_tlvs(raw, 16, 16 + n)[0]
+        n = fmt.DIR_NODE.unpack(raw)["body_length"]
+        body = fmt.DIR_NODE["body"].offset
+        return parse_tlvs(raw, body, body + n)[0]
 
     def set_dir_node(self, index: int, body: bytes | TLV, count: int | None = None, level: int | None = None,
                      header: dict | None = None, padding: bytes = b"") -> None:
@@ -596,12 +595,12 @@ class Editor:
             if count is None:
                 count = len(body.kids)
             body = encode_tlv(body)
-        magic, lv, r0, cnt, _, r1 = struct.unpack_from("<4sBBHII", raw, 0)
+        magic, lv, r0, cnt, _, r1 = fmt.DIR_NODE.struct.unpack_from(raw, 0)
         h = {"magic": magic, "level": lv if level is None else level, "reserved0": r0,
              "count": cnt if count is None else count, "body_length": len(body), "reserved1": r1}
         h.update(header or {})
-        head = struct.pack("<4sBBHII", h["magic"], h["level"], h["reserved0"], h["count"], h["body_length"],
-                           h["reserved1"])
+        head = fmt.DIR_NODE.struct.pack(h["magic"], h["level"], h["reserved0"], h["count"], h["body_length"],
+                                        h["reserved1"])
         content = (head + body + padding)
         assert len(content) <= self.cs, "directory node overflows its cluster"
         self.set_cluster(index, content)

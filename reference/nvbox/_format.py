@@ -128,6 +128,13 @@ class Field(NamedTuple):
         if not self.accepts(value):
             raise_code(self.error, message or f"{self.name} is {value!r}, expected {self.describe()}")
 
+    @property
+    def code(self) -> str:
+        """The struct format code of a fixed field: B, H, I, Q, or Ns for N bytes."""
+        if self.type == "u":
+            return {1: "B", 2: "H", 4: "I", 8: "Q"}[self.size]
+        return f"{self.size}s"
+
     def describe(self) -> str:
         v = self.valid
         if isinstance(v, range):
@@ -136,12 +143,6 @@ class Field(NamedTuple):
         if isinstance(v, bytes):
             return v.hex()
         return "any value" if v is None else str(v)
-
-
-def _code(f: Field) -> str:
-    if f.type == "u":
-        return {1: "B", 2: "H", 4: "I", 8: "Q"}[f.size]
-    return f"{f.size}s"
 
 
 class Layout:
@@ -170,7 +171,7 @@ class Layout:
                 raise ValueError(f"field {f.name} overlaps the one before it")
             if f.offset > pos:
                 out.append(f"{f.offset - pos}x")
-            out.append(f"{f.size}x" if pad_reserved and f.reserved_zero else _code(f))
+            out.append(f"{f.size}x" if pad_reserved and f.reserved_zero else f.code)
             pos = f.end
         return "".join(out)
 
@@ -690,14 +691,24 @@ class Slot:
         return bytes(out)
 
 
+def slot_fault(raw: bytes, index: int) -> str | None:
+    """Which of the three conditions of R-slot-2 the commit slot ``raw`` at
+    position ``index`` (0 = A) breaks, as words for a report; None if it is valid."""
+    if len(raw) < SECTOR or raw[:len(SLOT_MAGIC)] != SLOT_MAGIC:
+        return "its magic is not NVBXSLOT"
+    if _CRC.unpack_from(raw, _SLOT_CRC)[0] != crc32c(raw[:_SLOT_CRC]):
+        return "its CRC-32C does not match"
+    generation = slot_generation(raw)
+    if generation < 1:
+        return "its generation is 0"
+    if generation % 2 != (1 if index == 0 else 0):
+        return f"generation {generation} has the wrong parity for slot {'AB'[index]}"
+    return None
+
+
 def slot_is_valid(raw: bytes, index: int) -> bool:
     """The three conditions of R-slot-2."""
-    if len(raw) < SECTOR or raw[:len(SLOT_MAGIC)] != SLOT_MAGIC:
-        return False
-    if _CRC.unpack_from(raw, _SLOT_CRC)[0] != crc32c(raw[:_SLOT_CRC]):
-        return False
-    generation = slot_generation(raw)
-    return generation >= 1 and generation % 2 == (1 if index == 0 else 0)
+    return slot_fault(raw, index) is None
 
 
 def decode_slot(raw: bytes, header: Header) -> Slot:
