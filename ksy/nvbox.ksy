@@ -90,11 +90,7 @@ instances:
     io: _root._io
     pos: active_slot.refcount_root.offset
     size: cluster_size
-    type:
-      switch-on: active_slot.refcount_depth
-      cases:
-        1: refcount_block
-        _: refcount_index_node(active_slot.refcount_depth)
+    type: refcount_node(active_slot.refcount_depth)
     if: not is_encrypted
     doc: Root of the refcount tree (a block when `refcount_depth` is 1).
     doc-ref: spec/nvbox.md#7-the-refcount-tree [R-ref-1] [R-ref-2]
@@ -110,11 +106,7 @@ instances:
     io: _root._io
     pos: active_slot.snaptable_root.offset
     size: cluster_size
-    type:
-      switch-on: active_slot.snaptable_depth
-      cases:
-        0: data_cluster
-        _: map_node(active_slot.snaptable_depth, active_slot.snaptable_root.offset, 0, active_slot.snaptable_root.offset)
+    type: map_node(active_slot.snaptable_depth, active_slot.snaptable_root.offset, 0, active_slot.snaptable_root.offset)
     if: not is_encrypted and active_slot.snaptable_size != 0
     doc: Root of the snapshot table's cluster map.
     doc-ref: spec/nvbox.md#11-snapshots [R-snap-5]
@@ -567,34 +559,36 @@ types:
           c4 <= 1 ? 4 : c5 <= 1 ? 5 : c6 <= 1 ? 6 : c7 <= 1 ? 7 :
           c8 <= 1 ? 8 : c9 <= 1 ? 9 : c10 <= 1 ? 10 : c11 <= 1 ? 11 :
           c12 <= 1 ? 12 : c13 <= 1 ? 13 : c14 <= 1 ? 14 : c15 <= 1 ? 15 : 16
-  refcount_block:
+  refcount_node:
     doc: |
-      A refcount tree leaf (level 1): `cluster_size / 2` 16-bit counts; entry
-      j of the k-th block counts cluster `k * (cluster_size / 2) + j`.
-    doc-ref: spec/nvbox.md#7-the-refcount-tree [R-ref-1] [R-ref-4]
-    seq:
-      - id: counts
-        type: u2
-        repeat: eos
-  refcount_index_node:
-    doc: |
-      A refcount index node (level >= 2): `F = cluster_size / P` pointers,
-      pointer j covering the j-th subtree of the level below; null means
-      all counts in its range are 0.
-    doc-ref: spec/nvbox.md#7-the-refcount-tree [R-ref-2]
+      A node of the refcount tree. At level 1 a block: `cluster_size / 2`
+      16-bit counts, entry j of the k-th block counting cluster
+      `k * (cluster_size / 2) + j`. At level >= 2 an index node:
+      `F = cluster_size / P` pointers, pointer j covering the j-th subtree of
+      the level below (null: all counts in its range are 0). One type for
+      both levels, not a switch: the C++ code of a switch-typed instance
+      leaves its pointer uninitialized and deletes it when the read fails
+      (a truncated image crashed it).
+    doc-ref: spec/nvbox.md#7-the-refcount-tree [R-ref-1] [R-ref-2] [R-ref-4]
     params:
       - id: level
         type: u1
     seq:
+      - id: counts
+        type: u2
+        repeat: eos
+        if: level == 1
       - id: entries
         size: _root.pointer_width
         type: refcount_ref(level - 1)
         repeat: expr
         repeat-expr: _root.cluster_size / _root.pointer_width
+        if: level > 1
       - id: padding
         type: u1
         repeat: eos
         valid: 0
+        if: level > 1
         doc: '`cluster_size - F * P` trailing bytes, zero (`pointer.reserved`).'
   refcount_ref:
     params:
@@ -608,17 +602,15 @@ types:
         io: _root._io
         pos: pointer.offset
         size: _root.cluster_size
-        type:
-          switch-on: child_level
-          cases:
-            1: refcount_block
-            _: refcount_index_node(child_level)
+        type: refcount_node(child_level)
         if: pointer.offset != 0
   map_node:
     doc: |
       A cluster-map node: `F = cluster_size / P` pointers and nothing else.
       At level 1 they name data clusters, at level l > 1 map nodes of level
-      l - 1; null pointers are holes that read as zeros.
+      l - 1; null pointers are holes that read as zeros. Level 0 is a data
+      cluster (`data`): one type, not a switch, for the reason given at
+      `refcount_node`.
     doc-ref: spec/nvbox.md#8-cluster-maps [R-map-1] [R-map-2] [R-map-3]
     params:
       - id: level
@@ -633,15 +625,21 @@ types:
         type: u8
         doc: The top node of this map.
     seq:
+      - id: data
+        size-eos: true
+        if: level == 0
+        doc: One cluster of blob (or snapshot table) bytes.
       - id: entries
         size: _root.pointer_width
         type: map_ref(level, node_offset, parent_offset, top_offset)
         repeat: expr
         repeat-expr: _root.cluster_size / _root.pointer_width
+        if: level > 0
       - id: padding
         type: u1
         repeat: eos
         valid: 0
+        if: level > 0
         doc: '`cluster_size - F * P` trailing bytes, zero (`pointer.reserved`).'
   map_ref:
     params:
@@ -671,17 +669,8 @@ types:
         io: _root._io
         pos: pointer.offset
         size: _root.cluster_size
-        type:
-          switch-on: level
-          cases:
-            1: data_cluster
-            _: map_node(level - 1, pointer.offset, node_offset, top_offset)
+        type: map_node(level - 1, pointer.offset, node_offset, top_offset)
         if: pointer.offset != 0
-  data_cluster:
-    doc: One cluster of blob (or snapshot table) bytes.
-    seq:
-      - id: data
-        size-eos: true
   dir_node:
     doc: |
       A directory B-tree node: a 16-byte header, one DER value (`DirLeaf` at
@@ -850,11 +839,7 @@ types:
         io: _root._io
         pos: root.pointer.offset
         size: _root.cluster_size
-        type:
-          switch-on: depth.value.as<u1>
-          cases:
-            0: data_cluster
-            _: map_node(depth.value.as<u1>, root.pointer.offset, 0, root.pointer.offset)
+        type: map_node(depth.value.as<u1>, root.pointer.offset, 0, root.pointer.offset)
         if: root.pointer.offset != 0
         doc: The data cluster (depth 0) or the top map node.
   dir_branch:

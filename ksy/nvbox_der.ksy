@@ -39,11 +39,16 @@ seq:
     type: length
   - id: body
     size: len.value
-    type:
-      switch-on: is_constructed
-      cases:
-        true: constructed
-    doc: Contents; a byte array for a primitive value.
+    if: not is_constructed
+    doc: Contents of a primitive value.
+  - id: elements
+    size: len.value
+    type: constructed
+    if: is_constructed
+    doc: |
+      Contents of a constructed value, parsed. Two fields, not a switch: the
+      C++ code of a switch-typed field leaves its pointer uninitialized and
+      deletes it when a read fails.
 instances:
   is_constructed:
     value: (tag & 0x20) != 0

@@ -402,7 +402,7 @@ def test_der_long_lengths(ksy):
         assert ksy.nvbox_der.NvboxDer.UintBody(KaitaiStream(io.BytesIO(v.body))).value == n
     nested = der_seq(der_seq(tlv(0xA5, der_int(1))), tlv(0x0C, "é".encode()))
     v = der(KaitaiStream(io.BytesIO(nested)))
-    assert v.body.elements[0].body.elements[0].context_number == 5
+    assert v.elements.elements[0].elements.elements[0].context_number == 5
     with pytest.raises(ks.ValidationFailedError):
         der(KaitaiStream(io.BytesIO(b"\x04\x84\0\0\0\1a")))
 
