@@ -106,7 +106,8 @@ def mount(image, mountpoint, foreground, read_only, snapshot, commit_interval, f
     session = LiveSession(image.path, key=image.key(), read_only=read_only, commit_interval=commit_interval,
                           log=log, start=False)
     dir_mode = mode | ((mode & 0o444) >> 2)
-    server = None if read_only else control.ControlServer(session, log=log)
+    server = None if read_only else control.ControlServer(
+        session, status={"mountpoint": os.path.realpath(mountpoint)}, log=log)
     try:
         fs = NvboxFS(session, snapshot=snapshot, file_mode=mode, dir_mode=dir_mode, log=log)
     except BaseException:
@@ -141,11 +142,21 @@ def _serve(fs, session, server, mountpoint, fsname, allow_other, log) -> None:
 
 
 def _fork_and_serve(fs, session, server, mountpoint, fsname, allow_other, log, log_target) -> None:
+    out = os.open(log_target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log_start = os.fstat(out).st_size
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                    # the mount process
         os.close(r)
         os.setsid()
+        # Let go of the caller's terminal or pipes (it may wait for their end);
+        # what libfuse prints goes to the log, which the parent shows on failure.
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(null)
+        os.close(out)
         code = 1
 
         def ready():
@@ -153,14 +164,6 @@ def _fork_and_serve(fs, session, server, mountpoint, fsname, allow_other, log, l
             if server is not None:
                 server.start()
             log.info("nvbox: %s mounted at %s (pid %d)", fsname, mountpoint, os.getpid())
-            # Let go of the caller's terminal or pipes: it may wait for their end.
-            null = os.open(os.devnull, os.O_RDWR)
-            out = os.open(log_target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            os.dup2(null, 0)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
-            os.close(null)
-            os.close(out)
             os.write(w, b"ready\n")
         fs.on_ready = ready
         try:
@@ -172,6 +175,7 @@ def _fork_and_serve(fs, session, server, mountpoint, fsname, allow_other, log, l
         finally:
             os._exit(code)
     os.close(w)
+    os.close(out)
     # The parent keeps its copy of the image's descriptor until it exits: the
     # lock belongs to the open file, which the child holds too.
     got = b""
@@ -189,8 +193,11 @@ def _fork_and_serve(fs, session, server, mountpoint, fsname, allow_other, log, l
         return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    detail = got.decode(errors="replace").strip() or f"the mount process ended (see {log_target})"
-    raise_code("io.error", f"mounting {fsname} at {mountpoint} failed: {detail}")
+    detail = got.decode(errors="replace").strip() or "the mount process ended"
+    with open(log_target, "rb") as f:
+        f.seek(log_start)
+        said = f.read(4096).decode(errors="replace").strip()
+    raise_code("io.error", f"mounting {fsname} at {mountpoint} failed: {detail}" + (f"; {said}" if said else ""))
 
 
 # -- umount -----------------------------------------------------------------------------------
@@ -247,8 +254,10 @@ def umount(mountpoint, timeout):
         if image is None:
             raise_code("usage.argument", f"{mountpoint} is not an nvbox mount")
         pid = None
-        with contextlib.suppress(NvboxError):
-            pid = control.request(image, "status")["pid"]     # a read-only mount has no socket
+        with contextlib.suppress(NvboxError):   # a read-only mount has no socket (and nothing to commit)
+            status = control.request(image, "status")
+            if status.get("mountpoint") == os.path.realpath(mountpoint):
+                pid = status["pid"]
         tool = shutil.which("fusermount3") or shutil.which("fusermount")
         if tool is None:
             raise_code("usage.argument", "fusermount3 is not installed (apt install fuse3)")

@@ -18,7 +18,8 @@ Request ``{"op": OP, "args": {...}}``; reply ``{"ok": true, "result": ...}``
 or ``{"ok": false, "error": {"code": CODE, "message": TEXT}}`` with CODE an
 nvbox error code.  Ops:
 
-- ``status``: ``{"pid", "path", "generation", "pending", "open_files", "read_only"}``;
+- ``status``: ``{"pid", "path", "generation", "pending", "open_files", "read_only"}`` and
+  what the front end adds (``nvbox mount``: ``"mountpoint"``);
 - ``commit``: commit what is pending (durable on reply);
 - ``snapshot.create`` (name, metadata as hex or null), ``snapshot.list``,
   ``snapshot.delete`` (name), ``snapshot.rename`` (old, new),
@@ -42,7 +43,7 @@ import threading
 
 from ..errors import NvboxError, error_class, raise_code
 
-__all__ = ["ControlServer", "request", "socket_path", "runtime_dir"]
+__all__ = ["ControlServer", "request", "request_at", "runtime_dir", "snapshot_op", "socket_path"]
 
 _MAX_LINE = 1 << 16                 # a request is small; a longer line is refused
 _CLIENT_TIMEOUT = 30.0              # seconds a client waits for a reply (a commit may flush a lot)
@@ -83,16 +84,24 @@ def request(image_path, op: str, **args):
         NvboxError: the server's error, by its code; ``image.locked`` when no
         live session answers (the lock's holder is another kind of writer).
     """
-    path = socket_path(image_path)
+    return request_at(socket_path(image_path), op, args, image_path=image_path)
+
+
+def request_at(path: str, op: str, args: dict, *, image_path=None):
+    """``request`` to the control socket at ``path``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(_CLIENT_TIMEOUT)
         try:
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise_code("image.locked", f"{image_path} is open for writing by a process without a control socket")
+            raise_code("image.locked", f"{image_path or path} is open for writing by a process without "
+                                       "a control socket")
         except PermissionError:
             raise_code("live.refused", f"{path}: the live session belongs to another user")
-        s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        try:
+            s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass        # a refusing server replies and closes before reading: its reply is there
         reply = _read_line(s.makefile("rb"))
     if reply is None:
         raise_code("io.error", "the live session closed the control connection without a reply")
@@ -126,8 +135,9 @@ class ControlServer:
     time, each under the session's own lock.
     """
 
-    def __init__(self, session, *, log: logging.Logger | None = None):
+    def __init__(self, session, *, status: dict | None = None, log: logging.Logger | None = None):
         self.session = session
+        self.status = dict(status or {})   # added to the status reply (the front end's own facts)
         self.log = log or session.log
         self.path = socket_path(session.path)
         self._sock = None
@@ -214,8 +224,8 @@ class ControlServer:
         session = self.session
         if op == "status":
             info = session.info()
-            return {"pid": os.getpid(), "path": session.path, "generation": info["generation"],
-                    "pending": info["pending"], "open_files": info["open_files"], "read_only": session.read_only}
+            return dict(self.status, pid=os.getpid(), path=session.path, generation=info["generation"],
+                        pending=info["pending"], open_files=info["open_files"], read_only=session.read_only)
         if op == "commit":
             session.commit()
             return None

@@ -21,9 +21,11 @@ read-only; the name ``.snapshots`` is reserved at the root.  Blobs whose names
 are not path-safe (an empty, ``.`` or ``..`` component: see nvbox.names) and
 blobs hidden under a blob of the same name as their directory are not shown.
 
-Files belong to the mounting user, mode 0600 (``file_mode``); chmod and chown
-to other values fail with EPERM; times are not stored (st_mtime is the time of
-the file's last change in this mount, else of the last commit before it).
+Files belong to the mounting user, mode 0600 (``file_mode``).  The image
+stores no metadata: a chmod holds for the rest of the mount (swtpm fchmods its
+state files and fails without it), a chown to another user fails with EPERM,
+and st_mtime is the time of the file's last change in this mount (else of the
+last commit before it).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class NvboxFS(mfusepy.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self._dirs: set[str] = set()        # empty directories of this mount (never stored)
         self._mtime: dict[str, int] = {}    # name -> ns of its last change in this mount
+        self._modes: dict[str, int] = {}    # name -> mode set by chmod in this mount
         self._fh_lock = threading.Lock()
         self._next_fh = 1
         self._handles: dict[int, str] = {}  # handle -> blob name, of handles on the active state
@@ -183,19 +186,23 @@ class NvboxFS(mfusepy.Operations):
         t = self._mtime.get(name, self._start_ns) if reader is self.session else self._start_ns
         common = {"st_uid": self.uid, "st_gid": self.gid, "st_atime": t, "st_mtime": t, "st_ctime": t}
         if st is None:
-            return dict(common, st_mode=stat.S_IFDIR | self._mode(self.dir_mode, reader), st_nlink=2)
-        return dict(common, st_mode=stat.S_IFREG | self._mode(self.file_mode, reader), st_nlink=1,
+            return dict(common, st_mode=stat.S_IFDIR | self._mode(self.dir_mode, reader, name), st_nlink=2)
+        return dict(common, st_mode=stat.S_IFREG | self._mode(self.file_mode, reader, name), st_nlink=1,
                     st_size=st.size, st_blocks=(st.size + 511) // 512, st_blksize=self.session.cluster_size)
 
-    def _mode(self, mode: int, reader) -> int:
-        return mode & ~0o222 if (self.read_only or reader is not self.session) else mode
+    def _mode(self, mode: int, reader, name: str = "") -> int:
+        if self.read_only or reader is not self.session:
+            return mode & ~0o222
+        return self._modes.get(name, mode)
 
     @_fs_call
     def chmod(self, path, mode):
+        # swtpm fchmods its state files (and fails without it): the mode holds
+        # for the rest of the mount; the image stores none.
         reader, name, st = self._kind(path)
-        want = self.dir_mode if st is None else self.file_mode
-        if stat.S_IMODE(mode) != self._mode(want, reader):
-            raise mfusepy.FuseOSError(errno.EPERM)
+        if reader is not self.session or self.read_only:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        self._modes[name] = stat.S_IMODE(mode)
         return 0
 
     @_fs_call
@@ -394,6 +401,8 @@ class NvboxFS(mfusepy.Operations):
                     raise mfusepy.FuseOSError(errno.EISDIR)
                 session.rename(src, dst)
                 self._mtime[dst] = self._mtime.pop(src, time.time_ns())
+                if src in self._modes:
+                    self._modes[dst] = self._modes.pop(src)
                 self._follow(src, dst)
             else:
                 if dst_file:

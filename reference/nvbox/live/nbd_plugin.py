@@ -21,11 +21,14 @@ exports are and how requests become commits: ``nbd_exports.py``.
 """
 
 import builtins
+import contextlib
 import functools
 import logging
 import os
 import site
+import socket
 import sys
+import threading
 
 import nbdkit
 
@@ -37,7 +40,8 @@ _params = {"sitedir": [], "export": []}
 _state = {"error_types": ()}
 _REPEATABLE = ("sitedir", "export")
 _KNOWN = ("image", "sitedir", "export", "read-only", "commit-interval", "key-file", "passphrase-file",
-          "ready-file", "socket")
+          "ready-file", "socket", "stop-fd")
+_closing = threading.Lock()     # the session is closed once, by cleanup or by the stop channel
 
 
 def config(key, value):
@@ -78,6 +82,7 @@ def get_ready():
         code = getattr(exc, "code", "io.error")
         message = getattr(exc, "message", None) or str(exc)
         print(f"nvbox: error: {code}: {message}", file=sys.stderr, flush=True)
+        _remove_socket()
         os._exit(1)
     _state.update(session=session, exports=Exports(session, _params["export"], read_only), nbd_errno=nbd_errno,
                   error_types=(NvboxError, OSError))
@@ -92,30 +97,55 @@ def after_fork():
     session.start()
     if not session.read_only:
         _state["control"] = ControlServer(session).start()
+    if "stop-fd" in _params:
+        threading.Thread(target=_stop_on_request, args=(int(_params["stop-fd"]),), name="nvbox-stop",
+                         daemon=True).start()
     ready = _params.get("ready-file")
     if ready:
-        # Written last: whoever waits for it (nvbox serve --fork) may connect now.
+        # Written last: whoever waits for it (nvbox serve) may connect now.
         tmp = f"{ready}.tmp{os.getpid()}"
         with builtins.open(tmp, "w") as f:   # open() here is the callback below
             f.write(f"{os.getpid()}\n")
         os.replace(tmp, ready)
 
 
+def _stop_on_request(fd: int) -> None:
+    """``nvbox serve`` asks (or its end closes: it died): close the session
+    while clients are still connected, answer, and let nbdkit shut down."""
+    channel = socket.socket(fileno=fd)
+    with contextlib.suppress(OSError):
+        channel.recv(16)
+    _close_session()
+    with contextlib.suppress(OSError):
+        channel.sendall(b"closed")
+    nbdkit.shutdown()
+
+
+def _close_session() -> None:
+    """The final commit, then the lock goes.  Requests after it fail (EIO)."""
+    with _closing:
+        control = _state.pop("control", None)
+        if control is not None:
+            control.close()
+        session = _state.get("session")
+        if session is not None:
+            try:
+                session.close()
+            except Exception as exc:  # noqa: BLE001 - reported; there is no one left to raise to
+                print(f"nvbox: error: the final commit failed: {exc}", file=sys.stderr, flush=True)
+
+
 def cleanup():
-    """nbdkit stops (SIGTERM, SIGINT): the final commit, then the lock goes."""
-    control = _state.pop("control", None)
-    if control is not None:
-        control.close()
-    session = _state.pop("session", None)
-    if session is not None:
+    """nbdkit stops (its clients have gone)."""
+    _close_session()
+    _remove_socket()
+
+
+def _remove_socket():
+    """The Unix socket ``nvbox serve`` made for this server goes with it."""
+    if _params.get("socket"):
         try:
-            session.close()
-        except Exception as exc:  # noqa: BLE001 - reported, and there is no one left to raise to
-            print(f"nvbox: error: the final commit failed: {exc}", file=sys.stderr, flush=True)
-    sock = _params.get("socket")
-    if sock:
-        try:
-            os.unlink(sock)
+            os.unlink(_params["socket"])
         except OSError:
             pass
 

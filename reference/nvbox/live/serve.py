@@ -8,15 +8,15 @@ Python.  This module builds nbdkit's command line and the listening socket:
   0600 from the moment it exists (nbdkit would create it under its own umask,
   022), a TCP port is bound to 127.0.0.1 unless ``--bind`` says otherwise, and
   ``--port 0`` picks a free port, which the printed address names.
-- In the foreground (the default), the command becomes nbdkit (exec): its
-  process id is the server's, and SIGTERM or SIGINT reach nbdkit, whose
-  ``cleanup`` makes the final commit before it exits.
-- ``--fork`` starts nbdkit in a new session and returns once it accepts
-  connections: when the plugin has opened the image (lock, key) and written
-  its ready file, which is the ``--pid-file`` if one was asked for.  A server
-  that fails before that is reported with its messages and a non-zero exit.
-  nbdkit stays the child of a small supervisor (socket activation keeps
-  nbdkit in the foreground, and nbdkit stops when its parent exits).
+- nbdkit runs as the child of this process (``_Supervisor``), which is the
+  server's process for the user: its pid is the ``--pid-file``'s, and SIGTERM,
+  SIGINT or SIGHUP to it commit and stop, also while clients stay connected
+  (nbdkit alone would wait for them to leave).
+- In the foreground (the default) the command returns when the server stops,
+  with nbdkit's exit status.  ``--fork`` runs the supervisor in a new session
+  and returns once the server accepts connections: when the plugin has opened
+  the image (lock, key) and written its ready file.  A server that fails
+  before that is reported with its messages and a non-zero exit.
 - Keys are never arguments: the plugin gets the key or passphrase file's
   name, or finds NVBOX_PASSPHRASE in the environment nbdkit inherits.
 - The plugin finds this nvbox: ``sitedir=`` names this interpreter's
@@ -47,6 +47,7 @@ __all__ = ["serve", "nbdkit_command", "listening_socket", "READY_TIMEOUT"]
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nbd_plugin.py")
 READY_TIMEOUT = 120.0       # seconds --fork waits (an encrypted image's KDF can take a while)
 _LISTEN_FD = 3              # the first socket-activation descriptor (sd_listen_fds)
+_STOP_FD = 4                # the plugin's end of the supervisor's stop channel
 
 
 def _site_dirs() -> list[str]:
@@ -119,70 +120,136 @@ def listening_socket(socket_path=None, port=None, bind="127.0.0.1") -> tuple[soc
     return sock, f"nbd://{host}:{bound_port}/"
 
 
-def _exec_nbdkit(argv: list[str], sock: socket.socket) -> None:
-    """Become nbdkit with ``sock`` as its socket-activation descriptor."""
-    if sock.fileno() != _LISTEN_FD:
-        os.dup2(sock.fileno(), _LISTEN_FD)
-    os.set_inheritable(_LISTEN_FD, True)
-    env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
-    env.pop("LISTEN_FDNAMES", None)
-    os.execvpe(argv[0], argv, env)
+class _Supervisor:
+    """nbdkit as a child process, watched until it exits.
 
+    nbdkit asks for SIGTERM when its parent exits (PR_SET_PDEATHSIG, even in
+    the foreground), and on SIGTERM it stops accepting connections but waits
+    for connected clients to leave.  ``nvbox serve`` stops when told to, so on
+    SIGTERM, SIGINT or SIGHUP this parent forwards SIGTERM; if clients keep
+    nbdkit up past ``STOP_GRACE`` seconds, it asks the plugin over a socket
+    pair (the plugin's ``stop-fd``) to close the session (the final commit;
+    any later request fails with EIO, so no write is acknowledged and lost)
+    and, once the plugin answers, ends nbdkit with SIGKILL.
+    """
 
-def _supervise(argv, sock, log) -> None:
-    """In a forked child: a new session, then nbdkit as this process's child,
-    waited for.  nbdkit asks for SIGTERM when its parent exits
-    (PR_SET_PDEATHSIG, even in the foreground), so its parent must live as
-    long as it does; this one does, and only that.  Never returns."""
-    try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1):
-            os.dup2(null, fd)
-        os.dup2(log.fileno(), 2)
-        pid = os.fork()
-        if pid == 0:
-            _exec_nbdkit(argv, sock)
-        sock.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: os.kill(pid, signum))
-        while True:
+    STOP_GRACE = 2.0
+    CLOSE_TIMEOUT = 120.0
+
+    def __init__(self, argv, sock: socket.socket):
+        self.stop_channel, plugin_end = socket.socketpair()
+        argv = argv + [f"stop-fd={_STOP_FD}"]
+        self.pid = os.fork()
+        if self.pid == 0:
             try:
-                status = os.waitpid(pid, 0)[1]
-                break
-            except InterruptedError:
-                continue
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    finally:
-        os._exit(127)
+                self._exec(argv, sock, plugin_end)
+            finally:
+                os._exit(127)
+        plugin_end.close()
+        sock.close()
+        self._stop_requested = None     # monotonic time of the first stop signal
+        self._closed_by_request = False  # the plugin closed the session before SIGKILL
+
+    @staticmethod
+    def _exec(argv, sock, plugin_end) -> None:
+        """In the child: become nbdkit, ``sock`` as socket-activation fd 3."""
+        for fd, target in ((sock.fileno(), _LISTEN_FD), (plugin_end.fileno(), _STOP_FD)):
+            os.dup2(fd, target)     # dup2 makes the copy inheritable
+        env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+        env.pop("LISTEN_FDNAMES", None)
+        os.execvpe(argv[0], argv, env)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_requested is None:
+            self._stop_requested = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def exited(self):
+        """nbdkit's exit code if it has exited, else None."""
+        done, status = os.waitpid(self.pid, os.WNOHANG)
+        return os.waitstatus_to_exitcode(status) if done else None
+
+    def run(self, ready_file, on_ready=None) -> int:
+        """Wait for nbdkit to exit (stopping it on a signal); its exit code
+        (a signal N gives 128 + N).  ``on_ready()`` runs once the plugin has
+        written ``ready_file``."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        while True:
+            code = self.exited()
+            if code is not None:
+                if self._closed_by_request:
+                    return 0                        # stopped as asked, after the final commit
+                return code if code >= 0 else 128 - code
+            if on_ready is not None and os.path.exists(ready_file):
+                on_ready()
+                on_ready = None
+            if self._stop_requested is not None and time.monotonic() - self._stop_requested > self.STOP_GRACE:
+                self._close_and_kill()
+            time.sleep(0.05)
+
+    def _close_and_kill(self) -> None:
+        """Clients keep nbdkit up: the plugin closes the session, then SIGKILL."""
+        self._stop_requested = float("inf")         # once
+        try:
+            self.stop_channel.settimeout(self.CLOSE_TIMEOUT)
+            self.stop_channel.sendall(b"stop")
+            # "closed" once the final commit is durable; EOF if nbdkit exited meanwhile.
+            self._closed_by_request = self.stop_channel.recv(16) == b"closed"
+        except OSError:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
 
 
-def _start_in_background(argv, sock, ready_file, log_file) -> int:
-    """Start nbdkit under a supervisor in a new session; return nbdkit's pid
-    (the ready file's content) once the plugin has written the ready file."""
+def _write_pid_file(path, pid: int) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, path)
+
+
+def _serve_in_foreground(argv, sock, ready_file, pid_file) -> int:
+    supervisor = _Supervisor(argv, sock)
+    return supervisor.run(ready_file, (lambda: _write_pid_file(pid_file, os.getpid())) if pid_file else None)
+
+
+def _start_in_background(argv, sock, ready_file, pid_file, log_file) -> int:
+    """A new session runs the supervisor; returns its pid once the plugin has
+    written ``ready_file`` (and the pid file is written)."""
     log = open(log_file, "ab") if log_file else tempfile.TemporaryFile()  # noqa: SIM115 - the child keeps it
-    supervisor = os.fork()
-    if supervisor == 0:
-        _supervise(argv, sock, log)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1):
+                os.dup2(null, fd)
+            os.dup2(log.fileno(), 2)
+            code = _Supervisor(argv, sock).run(ready_file)
+            os._exit(code & 0xFF)
+        finally:
+            os._exit(127)
     sock.close()
     deadline = time.monotonic() + READY_TIMEOUT
     try:
-        while True:
-            if os.path.exists(ready_file):
-                with open(ready_file) as f:
-                    return int(f.read())
-            done, status = os.waitpid(supervisor, os.WNOHANG)
+        while not os.path.exists(ready_file):
+            done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 if not log_file:
                     log.seek(0)
                     sys.stderr.write(log.read().decode("utf-8", "replace"))
                 raise click.exceptions.Exit(os.waitstatus_to_exitcode(status) or 1)
             if time.monotonic() > deadline:
-                os.kill(supervisor, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
                 raise click.ClickException(f"the server was not ready after {READY_TIMEOUT:.0f} s")
             time.sleep(0.02)
     finally:
         log.close()
+    if pid_file:
+        _write_pid_file(pid_file, pid)
+    return pid
 
 
 @click.command("serve", context_settings=CONTEXT, help="""\
@@ -222,29 +289,31 @@ def serve(image, socket_path, port, bind, exports, read_only, commit_interval, f
         raise click.UsageError("give exactly one of --socket PATH and --port N")
     if shutil.which("nbdkit") is None:
         raise click.ClickException("nbdkit is not installed (apt-get install nbdkit nbdkit-plugin-python)")
-    ready_dir = None
-    ready_file = os.path.abspath(pid_file) if pid_file else None
-    if fork and ready_file is None:
-        ready_dir = tempfile.mkdtemp(prefix="nvbox-serve-")
-        ready_file = os.path.join(ready_dir, "ready")
-    if ready_file:
+    ready_dir = tempfile.mkdtemp(prefix="nvbox-serve-")
+    ready_file = os.path.join(ready_dir, "ready")
+    if pid_file:
+        pid_file = os.path.abspath(pid_file)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(ready_file)
+            os.unlink(pid_file)
     sock, uri = listening_socket(socket_path, port, bind)
     argv = nbdkit_command(image.path, exports=exports, read_only=read_only, commit_interval=commit_interval,
                           key_file=image.key_file, passphrase_file=image.passphrase_file, ready_file=ready_file,
                           socket_path=socket_path)
-    if not fork:
-        click.echo(f"nvbox serve: {uri}", err=True)
-        _exec_nbdkit(argv, sock)
     try:
-        pid = _start_in_background(argv, sock, ready_file, log_file)
+        if not fork:
+            click.echo(f"nvbox serve: {uri}", err=True)
+            code = _serve_in_foreground(argv, sock, ready_file, pid_file)
+            if pid_file:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(pid_file)
+            raise click.exceptions.Exit(code)
+        pid = _start_in_background(argv, sock, ready_file, pid_file, log_file)
     except BaseException:
         if socket_path:
+            # Gone with the server (nbdkit's cleanup removes it, but not after SIGKILL).
             with contextlib.suppress(OSError):
                 os.unlink(socket_path)
         raise
     finally:
-        if ready_dir:
-            shutil.rmtree(ready_dir, ignore_errors=True)
+        shutil.rmtree(ready_dir, ignore_errors=True)
     click.echo(f"{uri} pid={pid}")
