@@ -111,9 +111,31 @@ def _all_cases(c) -> None:
             lambda e: e.poke_raw(ks * CS + 32 + 96, struct.pack("<B3xIII", 1, 3, 0xFFFFFFFF, 4)))
     ks_edit("n_crypto_keyslots-kdf-time-too-large", "An Argon2id slot records 2^32-1 iterations, above the bound of 256",
             ["R-enc-7", "R-enc-2"], lambda e: e.poke_raw(ks * CS + 32 + 96, struct.pack("<B3xIII", 1, 0xFFFFFFFF, 65536, 4)))
-    ks_edit("n_crypto_keyslots-checksum", "The key slot table fails its (plain) CRC", ["R-enc-2", "R-ptr-3"],
-            lambda e: e.poke_raw(ks * CS + 100, b"\x01"), code="cluster.checksum", reseal=False,
-            accept=["key.slot_damaged"])
+    ks_edit("n_crypto_keyslots-checksum", "The key slot table fails its (plain) CRC: key.slot_damaged, not cluster.checksum",
+            ["R-enc-2", "R-ptr-3"], lambda e: e.poke_raw(ks * CS + 100, b"\x01"), reseal=False)
+    # R-slot-7 step 4 in detail: no key comes before the table; a table past the end is image.truncated
+    e = editor(raw)
+    e.poke_raw(ks * CS + 100, b"\x01")
+    inv("n_crypto_key-missing-damaged-table", "No key and a damaged key slot table: key.missing, the table is not read yet",
+        ["R-slot-7", "R-enc-3"], e.bytes(), "key.missing", key_file=None)
+    e = editor(raw)
+    ic = e.get_slot("image_clusters")
+    table = bytes(e.data[ks * CS:(ks + 1) * CS])
+    e.set_slot("image_clusters", ic + 1)
+    e.set_slot("keyslots", struct.pack("<QI", ic * CS, fmt.crc32c(table)) + bytes(4))
+    inv("n_crypto_truncated-keyslots-past-end",
+        "keyslots names a cluster past the end of a truncated file: image.truncated while reading the table (step 4)",
+        ["R-slot-7", "R-conv-6"], e.bytes(), "image.truncated")
+    short = KEY[:15]
+    c.read_invalid("crypto", "n_crypto_key-file-short", "A key file of 15 bytes is refused before any slot is tried",
+                   ["R-enc-8"], raw, "usage.argument", key_file=short, key=short)
+    c.write("crypto", "w_error_crypto-key-file-short", "Creating an encrypted image with a 15-byte key file is refused",
+            ["R-enc-8"], [], create={"cluster_size": 1024, "encrypt": True}, key_file=short, error="usage.argument")
+    c.write("crypto", "w_error_crypto-encrypt-512", "An encrypted image with 512-byte clusters is refused",
+            ["R-enc-1", "R-op-1"], [], create={"cluster_size": 512, "encrypt": True}, key_file=KEY, error="usage.argument")
+    # a damaged slot is reported by check (R-check-3): the newer slot's MAC fails
+    c.check("crypto", "k_crypto_slot-damaged-mac", "The newest slot's MAC fails: the older slot is used and check reports it",
+            ["R-check-3", "R-slot-6"], e2.bytes(), "corrupt", key_file=KEY)
     # no valid slot once the MAC fails and the other slot is gone
     e = editor(raw)
     e.poke_raw(fmt.SLOT_OFFSETS[1 - e.layout.slot_index], bytes(512))

@@ -6,7 +6,8 @@ writes in flight, and every write torn at a 512-byte sector boundary (the rest
 old, zeros or garbage).  Distinct images are kept, a deterministic sample of at
 most ``PER_CASE`` per workload (torn slot writes and epoch cuts first), and each
 lists the logical states it may read as: before or after the operation.  The
-check verdict of every crash image must be clean or leaks: never corrupt.
+check verdict of every crash image must be clean or leaks, never corrupt, except
+where a slot write was torn into garbage: that slot is reported (R-check-3).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def _pick(states, initial, final):
     return out
 
 
+def _has_damaged_slot(raw: bytes) -> bool:
+    from nvbox.check import damaged_slots
+    with nvbox.open(bytes(raw)) as img:
+        return bool(damaged_slots(img))
+
+
 def crash_case(c, area, name, description, spec, setup_ops, op_ops, cs=CS):
     raw, before = build(f"crash-{name}", setup_ops, cs)
     after = before.copy()
@@ -71,10 +78,13 @@ def crash_case(c, area, name, description, spec, setup_ops, op_ops, cs=CS):
         cid = f"crash/{area}/{name}"
         if got not in (b_doc, a_doc):
             BUGS.append((cid, f"crash-{k}.nvbox ({s.description}) reads as before or after", f"error {err}" if err else "other content"))
-        if verdict not in ("clean", "leaks"):
-            BUGS.append((cid, f"crash-{k}.nvbox ({s.description}) check clean or leaks", verdict))
+        # A slot write torn into garbage leaves a slot that is neither valid nor zeros:
+        # check must report it (R-check-3), so that image's verdict is corrupt.
+        allowed_check = ["corrupt"] if _has_damaged_slot(s.image) else ["clean", "leaks"]
+        if verdict not in allowed_check:
+            BUGS.append((cid, f"crash-{k}.nvbox ({s.description}) check {' or '.join(allowed_check)}", verdict))
         images.append({"image": f"crash-{k}.nvbox", "allowed": ["states/before.json", "states/after.json"],
-                       "check": ["clean", "leaks"], "note": s.description})
+                       "check": allowed_check, "note": s.description})
         blobs.append(s.image)
     c.crash(area, name, description, spec, images, {"__images__": blobs, "before": b_doc, "after": a_doc},
             notes=f"{len(states)} crash states enumerated (crashsim: max_exhaustive=6, samples=16, seed=1, torn at 512-byte "

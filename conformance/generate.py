@@ -116,7 +116,7 @@ class Model:
         elif k == "write":
             b = bytearray(self.blobs.get(op["name"], b""))
             off = int(op["offset"])
-            if len(b) < off + len(data):
+            if data and len(b) < off + len(data):   # a zero-length write never extends
                 b.extend(bytes(off + len(data) - len(b)))
             b[off:off + len(data)] = data
             self.blobs[op["name"]] = bytes(b)
@@ -253,8 +253,11 @@ def build(seed: str, ops: list, cluster_size: int = 512, capacity=None, encrypt=
 
 
 def reference_read(raw: bytes, snapshot=None, key=None):
-    """(logical content, None) or (None, error code) as the reference reads ``raw``."""
+    """(logical content, None) or (None, error code) as the reference reads ``raw``;
+    ``key`` may be a Key or the bytes of a key file (which the reference may refuse)."""
     try:
+        if isinstance(key, bytes):
+            key = _key_from_bytes(key)
         with nvbox.open(bytes(raw), key=key) as img:
             return ref_adapter.logical_content(img, snapshot), None
     except NvboxError as exc:
@@ -402,10 +405,10 @@ class Corpus:
             files["key.bin"] = key_file
         self._write(cid, m, files)
 
-    def read_acceptable(self, area, name, description, spec, raw, expected, accept, flags, notes=None):
-        cid, m = self.manifest("read-acceptable", area, name, description, spec, flags=flags,
+    def read_acceptable(self, area, name, description, spec, raw, expected, accept, flags, notes=None, snapshot=None):
+        cid, m = self.manifest("read-acceptable", area, name, description, spec, flags=flags, snapshot=snapshot,
                                accept_errors=accept, notes=notes)
-        got, err = reference_read(raw)
+        got, err = reference_read(raw, snapshot)
         if not (got == expected or (err and any(err == a or err.startswith(a + ".") for a in accept))):
             BUGS.append((cid, f"content or error {accept}", f"error {err}" if err else "different content"))
         self._write(cid, m, {"image.nvbox": raw, "expected.json": expected})
@@ -433,8 +436,8 @@ class Corpus:
         if key_file:
             out["key.bin"] = key_file
         create = create or {}
-        key = _key_from_bytes(key_file) if key_file else None
         try:
+            key = _key_from_bytes(key_file) if key_file else None   # a key file the reference refuses
             raw, model = build(cid, ops, create.get("cluster_size", 4096), create.get("capacity"),
                                create.get("encrypt", False), key, files)
             got_err = None

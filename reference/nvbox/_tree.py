@@ -777,11 +777,17 @@ class Visitor:
         yield from self.refcount_tree(slot.refcount_root, slot.refcount_depth)
         if slot.dir_depth:
             yield from self.directory(slot.dir_root, slot.dir_depth, "active", slot.blob_count)
+        elif slot.blob_count:
+            # An empty directory holds no entries (R-dir-7), whatever blob_count says.
+            self.problem("directory.entry", f"blob_count is {slot.blob_count} but the directory is empty")
         if slot.snaptable_size:
             yield from self.snapshot_table(slot)
             for s in self.snapshots:
                 if s.dir_depth:
                     yield from self.directory(s.dir_root, s.dir_depth, f"snapshot:{s.name}", s.blob_count)
+                elif s.blob_count:
+                    self.problem("snapshot.table", f"snapshot {s.name!r}: blobCount {s.blob_count}, "
+                                                   "its directory is empty")
         if not slot.keyslots.is_null:
             yield from self.keyslots(slot.keyslots)
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
+from . import _format as fmt
 from ._tree import Visitor
 from .errors import NvboxError, raise_code
 
-__all__ = ["CheckResult", "check_image", "repair_image", "EXIT_CLEAN", "EXIT_CORRUPT", "EXIT_LEAKS",
+__all__ = ["CheckResult", "check_image", "damaged_slots", "repair_image", "EXIT_CLEAN", "EXIT_CORRUPT", "EXIT_LEAKS",
            "EXIT_FAILED", "EXIT_UNSUPPORTED"]
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_CORRUPT, EXIT_LEAKS, EXIT_UNSUPPORTED = 0, 1, 2, 3, 63
@@ -74,10 +75,11 @@ class _Walker:
         self.visitor = Visitor(self.store.read_raw, self.geo, image.slot.image_clusters,
                                on_problem=self.problem, read_leaves=True)
 
-    def problem(self, code, message, offset=None):
+    def problem(self, code, message, offset=None, **details):
         item = {"code": code, "message": message}
         if offset is not None:
             item["offset"] = offset
+        item.update(details)
         self.result.corruptions.append(item)
 
     def walk(self, slot) -> None:
@@ -96,10 +98,45 @@ def check_image(image, progress=None) -> CheckResult:
     """Verify every structure and count of ``image`` (open, any mode)."""
     image.check_open()
     w = _Walker(image, progress)
+    for d in damaged_slots(image):
+        w.problem("slot.damaged", d.pop("message"), d.pop("offset"), **d)
     w.walk(image.slot)
     _compare_counts(w)
     w.result.expected = w.expected
     return w.result
+
+
+def damaged_slots(image) -> list[dict]:
+    """The commit slot other than the one in use when it is neither valid nor all
+    zeros (R-check-3): ``{"slot", "generation", "active_slot", "active_generation",
+    "reason", "offset", "message"}``, ``generation`` as its bytes say (unverified).
+
+    The reader's choice does not change (R-slot-3): such a slot may have held the
+    newest commit (a torn slot write, or an attacker who broke it, section 10.3),
+    and this report is the only way a user learns that commit is gone.  A slot of
+    zeros was never written and is not reported.
+    """
+    image.check_open()
+    area = image.dev.read(0, fmt.HEADER_AREA)
+    active = 0 if image.slot.generation % 2 else 1
+    out = []
+    for index, off in enumerate(fmt.SLOT_OFFSETS):
+        body = area[off:off + fmt.SECTOR]
+        if index == active or not fmt.nonzero(body):
+            continue
+        why = fmt.slot_fault(body, index)
+        if why is None and image.cipher is not None and not image.cipher.verify_slot(body):
+            why = "its MAC does not verify under the image's key"   # R-slot-6
+        if why is None:
+            continue
+        name, generation = "AB"[index], fmt.slot_generation(body)
+        out.append({
+            "slot": name, "generation": generation, "active_slot": "AB"[active],
+            "active_generation": image.slot.generation, "reason": why, "offset": off,
+            "message": f"commit slot {name} is damaged ({why}); its bytes say generation {generation}, and the "
+                       f"image opened at generation {image.slot.generation} from slot {'AB'[active]}: if slot "
+                       f"{name} held a newer commit, that commit is lost (the next commit overwrites slot {name})"})
+    return out
 
 
 def _compare_counts(w: _Walker) -> None:

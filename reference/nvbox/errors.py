@@ -41,6 +41,8 @@ ERROR_CODES: dict[str, tuple[str, str, str]] = {
     "header.extension_required": ("HeaderExtensionRequiredError", "an unknown header extension is marked required", "unsupported"),
     "slot.none_valid": ("NoValidSlotError", "neither commit slot is valid", "corrupt"),
     "slot.field": ("SlotFieldError", "the chosen commit slot holds an out-of-range field", "corrupt"),
+    "slot.damaged": ("SlotDamagedError", "a commit slot is neither valid nor all zeros: the commit it held may be lost",
+                     "corrupt"),
     "feature.incompatible": ("IncompatibleFeatureError", "an unknown incompatible feature bit is set", "unsupported"),
     "pointer.misaligned": ("PointerMisalignedError", "a pointer's offset is not a multiple of the cluster size", "corrupt"),
     "pointer.out_of_range": ("PointerOutOfRangeError", "a pointer refers outside the image or into the header area", "corrupt"),
