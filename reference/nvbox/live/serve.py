@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -153,7 +154,10 @@ class _Supervisor:
     @staticmethod
     def _exec(argv, sock, plugin_end) -> None:
         """In the child: become nbdkit, ``sock`` as socket-activation fd 3."""
-        for fd, target in ((sock.fileno(), _LISTEN_FD), (plugin_end.fileno(), _STOP_FD)):
+        # Copies above both targets first, so that neither dup2 closes the other's source.
+        moved = [(fcntl.fcntl(s.fileno(), fcntl.F_DUPFD, 10), target)
+                 for s, target in ((sock, _LISTEN_FD), (plugin_end, _STOP_FD))]
+        for fd, target in moved:
             os.dup2(fd, target)     # dup2 makes the copy inheritable
         env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
         env.pop("LISTEN_FDNAMES", None)
