@@ -50,4 +50,6 @@ def test_reference_passes_full_suite(tmp_path):
              "--expect", str(HERE / "reference-expectations.txt"), "--json", str(report))
     doc = json.loads(report.read_text())
     assert r.returncode == 0, r.stdout[-6000:]
-    assert doc["duration"] < 120, f"the suite took {doc['duration']:.0f} s against the reference (budget 120 s)"
+    # How long it took is reported, not judged (a loaded machine stretches it by any factor):
+    # make test's total is what the 15-minute budget is measured on.
+    assert doc["summary"]["failed"] == 0 and doc["summary"]["total"] >= 200
