@@ -41,7 +41,7 @@ import time
 
 import mfusepy
 
-from ..errors import NvboxError
+from ..errors import NvboxError, raise_code
 from ..names import path_problem
 from .session import LiveSession, errno_of
 
@@ -104,6 +104,7 @@ class NvboxFS(mfusepy.Operations):
         self._append: set[int] = set()      # handles opened with O_APPEND
         self._written: set[int] = set()     # handles that wrote since the last commit
         self._start_ns = session.info()["commit_time"] * 10**9
+        self.served = False                 # whether the kernel answered the mount (init ran)
 
     # -- where a path leads --------------------------------------------------------------
 
@@ -123,12 +124,14 @@ class NvboxFS(mfusepy.Operations):
         return self.session, rel, False
 
     def _writable(self, path: str) -> tuple[LiveSession, str]:
-        reader, name, in_snapshot = self._place(path)
-        if in_snapshot or self.read_only:
+        if path is None:
+            raise mfusepy.FuseOSError(errno.ESTALE)
+        name = _rel(path)
+        if self.read_only or name == SNAPSHOT_DIR or name.startswith(SNAPSHOT_DIR + "/"):
             raise mfusepy.FuseOSError(errno.EROFS)
-        if name == SNAPSHOT_DIR or not name:
+        if not name:
             raise mfusepy.FuseOSError(errno.EPERM)
-        return reader, name
+        return self.session, name
 
     @staticmethod
     def _visible(names: list[str]) -> list[str]:
@@ -325,8 +328,14 @@ class NvboxFS(mfusepy.Operations):
         reader, name, st = self._kind(path)
         if st is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
-        if flags & (os.O_WRONLY | os.O_RDWR):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable(path)
+        if flags & os.O_TRUNC:      # libfuse 3 asks for atomic O_TRUNC: the open truncates
+            with self.session.batch():
+                if st.size:
+                    self.session.truncate(name, 0)
+                    self._touch(name)
+                return self._new_fh(flags, name)
         return self._new_fh(flags, name if reader is self.session else None)
 
     @_fs_call
@@ -473,6 +482,7 @@ class NvboxFS(mfusepy.Operations):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def init(self, path):
+        self.served = True
         if self.on_ready is not None:
             self.on_ready()
 
@@ -504,4 +514,11 @@ def run_mount(fs: NvboxFS, mountpoint: str, *, fsname: str, allow_other: bool = 
                "attr_timeout": 0, "entry_timeout": 0, "negative_timeout": 0, "default_permissions": True}
     if allow_other:
         options["allow_other"] = True
-    _FUSE(fs, mountpoint, foreground=True, **options)
+    try:
+        _FUSE(fs, mountpoint, foreground=True, **options)
+    except RuntimeError as exc:
+        # fuse_main's status: 8 also when SIGTERM/SIGINT/SIGHUP ended a mount
+        # that served (the loop reports the signal); any status before init
+        # means libfuse could not mount (its message is in the log).
+        if not fs.served:
+            raise_code("io.error", f"libfuse could not mount {mountpoint} (fuse_main returned {exc})")
