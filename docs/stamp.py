@@ -9,14 +9,18 @@ carries one stamp line::
 The document is *stale* when the files it lists no longer hash to the recorded
 digest: the code that decides what is measured and how (the generator, the
 tests or benchmarks it runs, their helpers) changed since it was made.  A
-change elsewhere, in the library say, does not make it stale: the document
-states the commit its numbers come from, and ``make test`` runs the same
-checks at every commit.  The digest is of file contents, so it needs no git
-history (a shallow clone works) and does not change when a commit is rebased.
+Python file counts by its syntax tree without docstrings, so a comment, a
+docstring or a reformatted line leaves the document current; any other file
+counts by its bytes.  A change elsewhere, in the library say, does not make it
+stale: the document states the commit its numbers come from, and ``make test``
+runs the same checks at every commit.  The digest is of file contents, so it
+needs no git history (a shallow clone works) and does not change when a commit
+is rebased.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 import subprocess
@@ -39,13 +43,31 @@ def _files(inputs) -> list[Path]:
     return out
 
 
+def code_of(path: Path) -> bytes:
+    """What of a file counts: a Python file's syntax tree without docstrings (a
+    file that does not parse counts by its bytes), any other file's bytes."""
+    raw = path.read_bytes()
+    if path.suffix != ".py":
+        return raw
+    try:
+        tree = ast.parse(raw)
+    except SyntaxError:
+        return raw
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            del body[0]
+    return ast.dump(tree).encode()
+
+
 def digest(inputs) -> str:
-    """sha256 over each input file's path (relative to the repository) and bytes;
-    a missing file counts by its absence."""
+    """sha256 over each input file's path (relative to the repository) and code
+    (``code_of``); a missing file counts by its absence."""
     h = hashlib.sha256()
     for path in _files(inputs):
         h.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
+        h.update(hashlib.sha256(code_of(path)).digest())
     return h.hexdigest()
 
 
