@@ -16,8 +16,7 @@ from test_spec_tables import EXTRA, LAYOUT_MAP, TABLE_MAP, ksy_types  # noqa: F4
 from nvbox import _format as fmt
 
 # Layout -> ksy type, through the spec table both stand for.
-KSY_TYPE = {getattr(fmt, layout).name if layout != "ENCRYPTED_POINTER_LAYOUT" else "encrypted_pointer":
-            TABLE_MAP[key] for key, layout in LAYOUT_MAP.items()}
+KSY_TYPE = {getattr(fmt, layout).name: TABLE_MAP[key] for key, layout in LAYOUT_MAP.items()}
 UINT = {"u1": 1, "u2": 2, "u4": 4, "u8": 8}
 
 

@@ -259,7 +259,7 @@ PLAIN_POINTER_LAYOUT = Layout("pointer", PLAIN_POINTER, [
     _u(12, 4, "reserved", 0, "pointer.reserved"),
 ])
 
-ENCRYPTED_POINTER_LAYOUT = Layout("pointer", ENCRYPTED_POINTER, [
+ENCRYPTED_POINTER_LAYOUT = Layout("encrypted_pointer", ENCRYPTED_POINTER, [
     _u(0, 8, "offset", "0 (null), or cluster-aligned past the header area and inside the image",
        "pointer.out_of_range"),
     _u(8, 4, "crc", "CRC-32C of the ciphertext as stored", "cluster.checksum"),
@@ -301,10 +301,9 @@ KEYSLOT = Layout("key_slot", KEYSLOT_SIZE, [
     _u(92, 4, "reserved2", 0, "key.slot_damaged"),
 ])
 
-#: Every layout table, by the name the spec-table test and the dumper use.
-LAYOUTS = {t.name if t is not ENCRYPTED_POINTER_LAYOUT else "encrypted_pointer": t
-           for t in (HEADER, EXTENSION, SLOT, PLAIN_POINTER_LAYOUT, ENCRYPTED_POINTER_LAYOUT, DIR_NODE,
-                     KEYSLOT_TABLE, KEYSLOT)}
+#: Every layout table, by name.
+LAYOUTS = {t.name: t for t in (HEADER, EXTENSION, SLOT, PLAIN_POINTER_LAYOUT, ENCRYPTED_POINTER_LAYOUT, DIR_NODE,
+                               KEYSLOT_TABLE, KEYSLOT)}
 
 
 def pointer_layout(width: int) -> Layout:
@@ -579,6 +578,12 @@ _HEADER_CRC = HEADER["header_crc"].offset
 _CRC = struct.Struct("<I")
 
 
+_H_VERSION, _H_LENGTH, _H_CLUSTER_BITS, _H_REFCOUNT_ORDER = (
+    HEADER[name] for name in ("version", "header_length", "cluster_bits", "refcount_order"))
+_H_RESERVED1 = HEADER["reserved1"].offset
+_EXT_FLAGS = EXTENSION["ext_flags"]
+
+
 def decode_header(raw: bytes) -> Header:
     """Validate and decode sector 0 in the order R-header-9 prescribes."""
     if len(raw) < HEADER_AREA:
@@ -591,12 +596,16 @@ def decode_header(raw: bytes) -> Header:
         raise_code("header.magic", "not an nvbox image")
     if header_crc != crc32c(raw[:_HEADER_CRC]):
         raise_code("header.checksum")
-    H = HEADER.by_name
-    H["version"].check(version, f"format version {version}, this implementation reads version 1")
-    H["header_length"].check(header_length, f"header_length {header_length} out of range")
-    H["cluster_bits"].check(cluster_bits, f"cluster_bits {cluster_bits} outside 9..21")
-    H["refcount_order"].check(refcount_order, f"refcount_order {refcount_order}, must be 4")
-    if reserved0 or header_flags or _nonzero(raw[H["reserved1"].offset:header_length]):
+    # The table's valid values, read once at import (an open decodes the header each time).
+    if version != _H_VERSION.valid:
+        raise_code(_H_VERSION.error, f"format version {version}, this implementation reads version 1")
+    if header_length not in _H_LENGTH.valid:
+        raise_code(_H_LENGTH.error, f"header_length {header_length} out of range")
+    if cluster_bits not in _H_CLUSTER_BITS.valid:
+        raise_code(_H_CLUSTER_BITS.error, f"cluster_bits {cluster_bits} outside 9..21")
+    if refcount_order != _H_REFCOUNT_ORDER.valid:
+        raise_code(_H_REFCOUNT_ORDER.error, f"refcount_order {refcount_order}, must be 4")
+    if reserved0 or header_flags or _nonzero(raw[_H_RESERVED1:header_length]):
         raise_code("header.field", "reserved header bytes are not zero")
     geo = geometry(cluster_bits)
     if capacity and not geo.header_clusters + 2 <= capacity <= MAX_IMAGE_CLUSTERS:
@@ -612,7 +621,8 @@ def decode_header(raw: bytes) -> Header:
             if ext_flags or length:
                 raise_code("header.extension", "malformed end record")
             break
-        EXTENSION["ext_flags"].check(ext_flags, "reserved extension flag bits set")
+        if ext_flags not in _EXT_FLAGS.valid:
+            raise_code(_EXT_FLAGS.error, "reserved extension flag bits set")
         padded = (length + 7) // 8 * 8
         if pos + head + padded + head > _HEADER_CRC:
             raise_code("header.extension", "extension record runs past the header")
