@@ -24,6 +24,7 @@ import benchlib as B
 from benchlib import GiB, KiB, MiB
 import nvbox
 import peers
+from nvbox._tree import Visitor
 
 SIZES = B.pick([16 * MiB, 64 * MiB], [16 * MiB, 256 * MiB, 1 * GiB])
 if os.environ.get("NVBOX_BENCH_SNAP_SIZES"):      # e.g. "16M,256M,1G,4G"
@@ -134,29 +135,11 @@ def test_qcow2_snapshot_create(benchmark, size):
 
 
 def _reach(img, root, depth):
-    """Cluster indices reachable from a directory root (directory, maps, data)."""
-    trees, bits = img.trees, img.geo.cluster_bits
-    seen = set()
-
-    def map_(ptr, level):
-        if ptr.is_null:
-            return
-        seen.add(ptr.offset >> bits)
-        if level > 0:
-            for ch in trees.map_node(ptr):
-                map_(ch, level - 1)
-
-    def dir_(ptr, level):
-        seen.add(ptr.offset >> bits)
-        for it in trees.dir_node(ptr, level).items:
-            if level == 0:
-                if it.inline is None:
-                    map_(it.root, it.depth)
-            else:
-                dir_(it.child, level - 1)
-    if depth:
-        dir_(root, depth - 1)
-    return seen
+    """Cluster indices reachable from a directory root (directory, maps, data): the tree visitor's."""
+    if not depth:
+        return set()
+    walk = Visitor(img.store.read_raw, img.geo, img.slot.image_clusters)
+    return {r.cluster for r in walk.directory(root, depth, "reach")}
 
 
 def _used(img):
