@@ -12,12 +12,13 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 
-__all__ = ["NBD_PYTHON", "NVBOX", "PausingClient", "CLIENT_TIMEOUT", "missing_tools", "served", "Server", "run", "nbdsh", "nvbox"]
+__all__ = ["NBD_PYTHON", "NVBOX", "PausingClient", "CLIENT_TIMEOUT", "missing_tools", "served", "start", "start_peer", "Server", "run", "nbdsh", "nvbox"]
 
 NVBOX = [sys.executable, "-m", "nvbox"]
 CLIENT_TIMEOUT = 60
@@ -148,6 +149,27 @@ def start(image, socket_path, *options, env=None) -> Server:
             raise AssertionError(f"nvbox serve did not start (exit {proc.returncode}): {server.log()}")
         time.sleep(0.02)
     return server
+
+
+def start_peer(argv, socket_path, log_path) -> Server:
+    """Start another NBD server (qemu-nbd, nbdkit file) on ``socket_path`` and
+    wait until it accepts connections."""
+    socket_path = str(socket_path)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    server = Server(proc, socket_path, str(log_path))
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(socket_path)
+                return server
+            except OSError:
+                pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop(signal.SIGKILL)
+            raise AssertionError(f"{argv[0]} did not start (exit {proc.returncode}): {server.log()}")
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager
