@@ -3,7 +3,8 @@
 QEMU's pflash unit 1 is ``-blockdev driver=nbd`` on ``nvbox serve``; OVMF's code
 is Debian's OVMF_CODE_4M.fd.  The firmware runs until the UEFI shell prompt
 appears on the serial console (by then its boot manager has written the boot
-options and the console variables), at most 90 s, and is stopped through QMP.
+options and the console variables), at most 90 s; the VM is paused and a
+snapshot taken (the README's recipe), and QEMU is stopped through QMP.
 Afterwards ``nvbox check`` is clean, and the variable store blob differs from
 Debian's template only by the variable records the firmware appended, which
 the test decodes and prints.
@@ -125,7 +126,14 @@ def test_ovmf_boots_with_its_variable_store_on_an_nvbox_export(tmp_path):
                 assert time.monotonic() < deadline, f"no UEFI shell within {BOOT_TIMEOUT:.0f} s: " \
                                                     f"{serial.read_bytes()[-500:]!r}"
                 time.sleep(0.5)
-            # quit: QEMU flushes its block devices (an NBD flush: one commit) and exits.
+            # A snapshot of the device state while the VM is paused: stopping the VM
+            # flushes its block devices (an NBD flush: a commit), then the snapshot
+            # is taken through the served image's control socket.
+            assert qmp(qmp_path, {"execute": "stop"}) == [{"return": {}}]
+            nvbox_cli("snapshot", "create", image, "paused")
+            with nvbox.open(image) as img:
+                assert img.snapshots.view("paused").read("uefi/vars") == img["uefi/vars"] != template
+            # quit: QEMU flushes its block devices and exits.
             assert qmp(qmp_path, {"execute": "quit"}) == [{"return": {}}]
             assert qemu.wait(timeout=QMP_TIMEOUT) == 0
         finally:
