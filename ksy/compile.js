@@ -34,18 +34,19 @@ const target = opt('--target', 'python');
 const outDir = path.resolve(opt('--out', path.join(HERE, 'build', target)));
 const debug = args.includes('--debug');
 
-// Targets whose backend in kaitai-struct-compiler 0.11 rejects `valid: expr:` (Nim: "Boxed
-// Exception"). For them the checks written as expressions are left out, and the build says how
-// many: such a parser reads valid images the same way but does not reject what those checks
-// reject. Every other kind of `valid` (eq, min, max, any-of, in-enum) is kept.
-const NO_VALID_EXPR = new Set(['nim']);
+// Targets whose backend in kaitai-struct-compiler 0.11 cannot generate some `valid` checks.
+// Nim rejects `valid: expr:` ("Boxed Exception"); Perl generates no check of any kind (empty
+// blocks) and, for a `valid` on a `repeat: eos` field, code that uses an undeclared `$i`. For
+// them those checks are left out, and the build says how many: such a parser reads valid
+// images the same way but does not reject what the checks reject.
+const NO_VALID = { nim: 'expr', perl: 'all' };
 const droppedChecks = {};   // descriptor id -> checks left out
 function withoutValidExpr(node, counter) {
   if (Array.isArray(node)) return node.map((v) => withoutValidExpr(v, counter));
   if (!node || typeof node !== 'object') return node;
   const out = {};
   for (const [k, v] of Object.entries(node)) {
-    if (k === 'valid' && v && typeof v === 'object' && 'expr' in v) {
+    if (k === 'valid' && (NO_VALID[target] === 'all' || (v && typeof v === 'object' && 'expr' in v))) {
       counter.n += 1;
       continue;
     }
@@ -54,7 +55,7 @@ function withoutValidExpr(node, counter) {
   return out;
 }
 function forTarget(doc) {
-  if (!NO_VALID_EXPR.has(target)) return doc;
+  if (!NO_VALID[target]) return doc;
   const counter = { n: 0 };
   const out = withoutValidExpr(doc, counter);
   droppedChecks[doc.meta.id] = counter.n;
@@ -131,7 +132,7 @@ async function main() {
     if (!fs.existsSync(f) || fs.statSync(f).size === 0) die(`expected output missing or empty: ${f}`);
   }
   for (const [id, n] of Object.entries(droppedChecks)) {
-    process.stderr.write(`compile.js: warning: ${target}: ${n} \`valid: expr\` checks of ${id} left out (this backend `
+    process.stderr.write(`compile.js: warning: ${target}: ${n} \`valid\` checks of ${id} left out (this backend `
       + 'cannot generate them): the parser does not reject what they reject\n');
   }
   process.stdout.write(`compiled ${specs.length} descriptor(s) to ${target} in ${path.relative(process.cwd(), outDir) || '.'}\n`);

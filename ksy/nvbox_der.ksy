@@ -90,8 +90,12 @@ types:
           min: 0x10000
     instances:
       value:
-        value: '(first < 0x80 ? first : first == 0x81 ? len_1 : first == 0x82 ? len_2 : len_3).as<u4>'
-        doc: At most 2^24 - 1, so 32 bits hold it in every target.
+        value: |
+          first < 0x80 ? first.as<u4> : first == 0x81 ? len_1.as<u4> :
+          first == 0x82 ? len_2.as<u4> : len_3.as<u4>
+        doc: |
+          At most 2^24 - 1, so 32 bits hold it in every target; every branch is
+          cast, since Nim wants one type in all branches of a conditional.
   uint_body:
     doc: |
       Contents of a non-negative DER INTEGER: 1 to 9 bytes, minimal two's

@@ -175,7 +175,7 @@ def test_every_target_builds(ksy, target, tmp_path):
     out = KSY_DIR / "build" / target
     files = [f for f in out.rglob("*") if f.is_file()]
     assert files and all(f.stat().st_size > 0 for f in files), target
-    if target == "nim":
+    if target in ("nim", "perl"):      # backends that cannot generate some checks (README)
         assert "checks of nvbox left out" in proc.stderr
     else:
         assert "left out" not in proc.stderr
