@@ -21,6 +21,11 @@ Checks: every table is mapped; every spec name is a seq field or instance of
 its type, and the seq fields appear in the spec's order; every seq field of
 the type is in the spec table, except zero-size `check_*` assertion fields
 and the documented EXTRA fields.
+
+The same tables against the reference's layout tables (nvbox._format, the ones
+its encoders, decoders and dumper are built from): every row's offset, size and
+name in order, the error code a row names, and the value of a row that gives a
+single number.  test_layout_tables.py compares those tables with the descriptors.
 """
 from __future__ import annotations
 
@@ -34,16 +39,19 @@ import pytest
 KSY_DIR = Path(__file__).resolve().parents[1]
 SPEC = KSY_DIR.parent / "spec" / "nvbox.md"
 
-TABLE_MAP = {
-    ("3. The header", None): "image_header",
-    ("3.1 Header extensions", None): "header_extension",
-    ("4. Commit slots", None): "commit_slot",
-    ("6. Pointers", "Plain pointer"): "pointer",
-    ("6. Pointers", "Encrypted pointer"): "pointer",
-    ("9. The directory", None): "dir_node",
-    ("10.1 Keys", None): "keyslot_cluster",
-    ("10.1 Keys", "Key slot"): "key_slot",
+# Spec table -> (ksy type, the reference's layout table in nvbox._format).
+TABLES = {
+    ("3. The header", None): ("image_header", "HEADER"),
+    ("3.1 Header extensions", None): ("header_extension", "EXTENSION"),
+    ("4. Commit slots", None): ("commit_slot", "SLOT"),
+    ("6. Pointers", "Plain pointer"): ("pointer", "PLAIN_POINTER_LAYOUT"),
+    ("6. Pointers", "Encrypted pointer"): ("pointer", "ENCRYPTED_POINTER_LAYOUT"),
+    ("9. The directory", None): ("dir_node", "DIR_NODE"),
+    ("10.1 Keys", None): ("keyslot_cluster", "KEYSLOT_TABLE"),
+    ("10.1 Keys", "Key slot"): ("key_slot", "KEYSLOT"),
 }
+TABLE_MAP = {key: ksy_type for key, (ksy_type, _) in TABLES.items()}
+LAYOUT_MAP = {key: layout for key, (_, layout) in TABLES.items()}
 # Seq fields a type has beyond its spec table, and why.
 EXTRA = {
     "header_extension": {"padding"},  # "then zero padding to a multiple of 8" in ext_data's row
@@ -209,18 +217,6 @@ def test_asn1_module_in_descriptor(ksy_types):
 
 
 # -- the reference's layout tables (nvbox._format) against the spec's byte tables --------------
-
-LAYOUT_MAP = {
-    ("3. The header", None): "HEADER",
-    ("3.1 Header extensions", None): "EXTENSION",
-    ("4. Commit slots", None): "SLOT",
-    ("6. Pointers", "Plain pointer"): "PLAIN_POINTER_LAYOUT",
-    ("6. Pointers", "Encrypted pointer"): "ENCRYPTED_POINTER_LAYOUT",
-    ("9. The directory", None): "DIR_NODE",
-    ("10.1 Keys", None): "KEYSLOT_TABLE",
-    ("10.1 Keys", "Key slot"): "KEYSLOT",
-}
-
 
 # R-slot-5: any rule a chosen slot's field breaks is slot.field, whatever other codes
 # its row mentions (a writer's snapshot.limit, check's directory.entry).

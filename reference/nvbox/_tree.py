@@ -836,26 +836,36 @@ class Visitor:
             return ()
         return (reached,)
 
-    def refcount_tree(self, root: Pointer, depth: int, owner: str = "refcount"):
-        F, per = self.geo.fanout, self.geo.counts_per_block
-        where = "refcount tree"
+    def _pointer_tree(self, root: Pointer, depth: int, kind_of, enter, owner: str, blob, where: str):
+        """The loop the refcount tree and the cluster maps share (nodes of pointers):
+        pop a frame; yield a node whose children are done (post-order); check a
+        pointer and yield a repeat, or hand a first reach to ``enter(stack, ptr,
+        cluster, kind, level, position)``, which yields its records and pushes its
+        children as ("enter", pointer, level, position) frames."""
         stack = [("enter", root, depth, 0)]
         while stack:
             frame = stack.pop()
             if frame[0] == "leave":
                 yield frame[1]
                 continue
-            _, ptr, level, k = frame
+            _, ptr, level, pos = frame
             if ptr.is_null:
                 continue
-            kind = "refblock" if level == 1 else "refindex"
+            kind = kind_of(level)
             hit = self._reach(ptr, kind, level, where)
             if hit is None:
                 continue
             idx, first = hit
-            if not first:
-                yield Reached(idx, ptr, kind, level, owner, index=k, first=False, where=where)
-                continue
+            if first:
+                yield from enter(stack, ptr, idx, kind, level, pos)
+            else:
+                yield Reached(idx, ptr, kind, level, owner, blob, pos, first=False, where=where)
+
+    def refcount_tree(self, root: Pointer, depth: int, owner: str = "refcount"):
+        F, per = self.geo.fanout, self.geo.counts_per_block
+        where = "refcount tree"
+
+        def enter(stack, ptr, idx, kind, level, k):
             if level == 1:
                 raw = self._read(ptr, kind, where) if self.read_leaves else None
                 if raw is not None and k * per >= self.image_clusters and fmt.nonzero(raw):
@@ -864,13 +874,16 @@ class Visitor:
                     self.problem("refcount.tree", f"refcount block {k} lies past the image's end "
                                                   "and counts clusters", ptr.offset)
                 yield Reached(idx, ptr, kind, 1, owner, index=k, raw=raw, where=where)
-                continue
+                return
             raw = self._read(ptr, kind, where)
             children = None if raw is None else self._pointers(raw, ptr, "refcount index node")
-            reached = Reached(idx, ptr, kind, level, owner, index=k, node=children, raw=raw, where=where)
-            yield from self._emit(stack, reached)
+            yield from self._emit(stack, Reached(idx, ptr, kind, level, owner, index=k, node=children, raw=raw,
+                                                 where=where))
             for j in range(len(children or ()) - 1, -1, -1):
                 stack.append(("enter", children[j], level - 1, k * F + j))
+
+        return self._pointer_tree(root, depth, lambda level: "refblock" if level == 1 else "refindex", enter,
+                                  owner, None, where)
 
     def cluster_map(self, root: Pointer, depth: int, size: int, owner: str, blob: str | None = None,
                     where: str = "", snapshot_table: bool = False):
@@ -879,23 +892,8 @@ class Visitor:
         cs, F = geo.cluster_size, geo.fanout
         n = -(-size // cs)
         node_kind, data_kind = ("snapmap", "snapdata") if snapshot_table else ("map", "data")
-        stack = [("enter", root, depth, 0)]
-        while stack:
-            frame = stack.pop()
-            if frame[0] == "leave":
-                yield frame[1]
-                continue
-            _, ptr, level, base = frame
-            if ptr.is_null:
-                continue
-            kind = data_kind if level == 0 else node_kind
-            hit = self._reach(ptr, kind, level, where)
-            if hit is None:
-                continue
-            idx, first = hit
-            if not first:
-                yield Reached(idx, ptr, kind, level, owner, blob, base, first=False, where=where)
-                continue
+
+        def enter(stack, ptr, idx, kind, level, base):
             if level == 0:
                 if base >= n:
                     self.problem("map.tail", f"{where}: data cluster {base} beyond the blob's size", ptr.offset)
@@ -903,7 +901,7 @@ class Visitor:
                 if raw is not None and base == n - 1 and size % cs and fmt.nonzero(raw[size % cs:]):
                     self.problem("map.tail", f"{where}: non-zero bytes after the blob's end", ptr.offset)
                 yield Reached(idx, ptr, kind, 0, owner, blob, base, raw=raw, where=where)
-                continue
+                return
             raw = self._read(ptr, kind, where)
             children = None if raw is None else self._pointers(raw, ptr, where)
             yield from self._emit(stack, Reached(idx, ptr, kind, level, owner, blob, base, node=children,
@@ -916,6 +914,9 @@ class Visitor:
                 if base + j * span >= n:
                     self.problem("map.tail", f"{where}: pointer beyond the blob's size", ch.offset)
                 stack.append(("enter", ch, level - 1, base + j * span))
+
+        return self._pointer_tree(root, depth, lambda level: data_kind if level == 0 else node_kind, enter,
+                                  owner, blob, where)
 
     def directory(self, root: Pointer, depth: int, owner: str, blob_count: int | None = None,
                   maps: bool = True):
