@@ -71,6 +71,16 @@ def running(pid) -> bool:
         return False
 
 
+def stop_pid(pid) -> None:
+    """Stop a forked server by its pid: SIGTERM, SIGKILL if it is still there after 30 s."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if running(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def wait_for(predicate, what, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -257,15 +267,22 @@ def test_errors_map_to_nbd_errnos(tmp_path):
     assert verdict(full) == "clean"
 
 
-def test_read_only_server(tmp_path):
+def test_read_only_server_on_a_local_tcp_port(tmp_path):
     image = make_image(tmp_path / "vm.nvbox", {"dev": b"\x09" * 8192})
-    with served(image, tmp_path / "s", "--read-only") as server:
-        qemu_io(server.uri("dev"), "read -P 0x09 0 8k", read_only=True)
-        denied = nbdsh(server.uri("dev"), "h.pwrite(b'x', 0)", check=False)
+    pid_file = tmp_path / "pid"
+    out = nvbox_cli("serve", "--fork", "--port", "0", "--read-only", "--pid-file", pid_file, image).stdout.decode()
+    pid = int(pid_file.read_text())
+    try:
+        uri = out.split()[0]
+        assert uri.startswith("nbd://127.0.0.1:")         # the loopback only, unless --bind
+        qemu_io(uri.rstrip("/") + "/dev", "read -P 0x09 0 8k", read_only=True)
+        denied = nbdsh(uri.rstrip("/") + "/dev", "h.pwrite(b'x', 0)", check=False)
         assert b"Operation not permitted" in denied.stderr
         # A read-only server holds no lock: a writer may change the image meanwhile.
         nvbox_cli("put", image, "new", "-", input=b"n")
-    assert committed(image, "dev") == b"\x09" * 8192
+    finally:
+        stop_pid(pid)
+    assert committed(image, "dev") == b"\x09" * 8192 and committed(image, "new") == b"n"
 
 
 def test_second_server_and_writers_get_image_locked(tmp_path):
@@ -301,12 +318,7 @@ def test_fork_returns_once_serving_and_keys_stay_off_the_command_line(tmp_path):
         data = nbdsh(f"nbd+unix:///tpm/permanent?socket={tmp_path / 's'}", "print(h.pread(1300, 0))").stdout
         assert b"secret state " in data
     finally:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if running(pid):
-            os.kill(pid, signal.SIGKILL)
+        stop_pid(pid)
     assert verdict(image, nvbox.crypto.Key.from_key_file(key)) == "clean"
 
 
