@@ -24,7 +24,7 @@ import benchlib as B
 from benchlib import GiB, KiB, MiB
 import nvbox
 import peers
-from nvbox._tree import Visitor
+from nvbox._visit import Visitor
 
 SIZES = B.pick([16 * MiB, 64 * MiB], [16 * MiB, 256 * MiB, 1 * GiB])
 if os.environ.get("NVBOX_BENCH_SNAP_SIZES"):      # e.g. "16M,256M,1G,4G"

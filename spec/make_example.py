@@ -31,7 +31,7 @@ from unittest import mock
 import nvbox
 from nvbox import _der as der
 from nvbox import _format as fmt
-from nvbox._tree import Visitor
+from nvbox._visit import Visitor
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE / "example.md"

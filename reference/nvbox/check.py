@@ -17,7 +17,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from . import _format as fmt
-from ._tree import Visitor
+from ._visit import Visitor
 from .errors import NvboxError, raise_code
 
 __all__ = ["CheckResult", "check_image", "damaged_slots", "repair_image", "EXIT_CLEAN", "EXIT_CORRUPT", "EXIT_LEAKS",

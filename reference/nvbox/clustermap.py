@@ -10,7 +10,7 @@ run-length encoded for ``--output json`` and drawn as a grid for PNG.
 
 from __future__ import annotations
 
-from ._tree import Visitor
+from ._visit import Visitor
 from .check import check_image
 from .errors import raise_code
 

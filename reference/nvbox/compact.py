@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import _format as fmt
-from ._tree import Visitor
+from ._visit import Visitor
 from .check import check_image
 from .errors import raise_code
 

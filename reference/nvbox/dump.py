@@ -22,7 +22,7 @@ import uuid
 
 from . import _der as der
 from . import _format as fmt
-from ._tree import Visitor
+from ._visit import Visitor
 from .errors import NvboxError
 from .image import open_image
 

@@ -1,4 +1,4 @@
-"""The tree visitor (_tree.Visitor): what it yields, in which order, and how it
+"""The tree visitor (nvbox._visit.Visitor): what it yields, in which order, and how it
 copes with damage.
 
 Damaged graphs are built by rewriting pointers in the image bytes and reading
@@ -14,7 +14,7 @@ import pytest
 
 import nvbox
 from nvbox import _format as fmt
-from nvbox._tree import VISIT_KINDS, Visitor
+from nvbox._visit import VISIT_KINDS, Visitor
 from nvbox.errors import NvboxError
 
 from helpers import image_bytes, read_active_slot
