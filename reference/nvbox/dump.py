@@ -23,6 +23,7 @@ import uuid
 from . import _der as der
 from . import _format as fmt
 from ._visit import Visitor
+from .check import damaged_slots
 from .errors import NvboxError
 from .image import open_image
 
@@ -123,6 +124,9 @@ class _Dumper:
             slots.append({
                 "type": "commit_slot", "name": "AB"[index], "offset": off, "length": fmt.SECTOR,
                 "valid": is_valid, "active": False, "generation": f["generation"],
+                # damaged: neither valid nor zeros, a commit that may be lost (R-check-3)
+                "state": "valid" if is_valid else "damaged" if fmt.nonzero(raw) else "empty",
+                "fault": fmt.slot_fault(raw, index),
                 "fields": _fields(fmt.SLOT, raw, width=width),
                 "decoded": {"commit_time": _time(f["commit_time"]),
                             "encrypted": bool(f["incompatible_features"] & fmt.INCOMPAT_ENCRYPTED),
@@ -165,6 +169,8 @@ class _Dumper:
         geo = self.geo
         self.width = geo.pointer_size
         slot = img.slot
+        for d in damaged_slots(img):   # also a slot whose MAC fails, which only the key shows
+            self.problem("slot.damaged", d["message"], d["offset"])
         self.doc["geometry"] = {"cluster_size": geo.cluster_size, "pointer_size": geo.pointer_size,
                                 "fanout": geo.fanout, "header_clusters": geo.header_clusters,
                                 "inline_max": geo.inline_max, "encrypted": img.encrypted,
@@ -404,7 +410,7 @@ def _render(obj, indent=0, label=None):
     if isinstance(obj, dict) and "type" in obj and "offset" in obj:
         where = "-" if obj["offset"] is None else f"0x{obj['offset']:x}"
         extra = []
-        for k in ("name", "index", "cluster", "level", "first_cluster", "first_index", "valid", "active",
+        for k in ("name", "index", "cluster", "level", "first_cluster", "first_index", "valid", "state", "active",
                   "trees", "length"):
             if k in obj:
                 v = obj[k]

@@ -9,6 +9,7 @@ import click
 import nvbox
 
 from .. import _format as fmt
+from ..check import damaged_slots
 from ..cmdline import CONTEXT, emit_json, format_time, human_size, image_command, table
 from ..errors import NvboxError, raise_code
 from ..probe import NEEDS_KEY, probe
@@ -172,6 +173,7 @@ def info(image, output):
         with image.open("r") as img:
             doc = img.info()
             doc["file_size"] = img.dev.size()
+            doc["damaged_slots"] = damaged_slots(img)   # R-check-3: a commit that may be lost
             if doc["encrypted"]:
                 doc["key_slots"] = [s["kind"] for s in img.key_slots.list()]
     except NvboxError as exc:
@@ -214,6 +216,8 @@ def info(image, output):
     if "needs_key" in doc:
         lines.append(("locked", "no key given; the values above are unauthenticated.  Needs the key: "
                                 + ", ".join(doc["needs_key"])))
+    for d in doc.get("damaged_slots") or []:
+        lines.append(("damaged slot", d["message"]))
     if creator is not None:
         lines.append(("creator", creator))
     others = [e for e in doc["extensions"] if e["type"] != fmt.EXT_CREATOR]
