@@ -28,6 +28,7 @@ from .transaction import DirState, Transaction
 from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
 from .errors import NvboxError, error_class, raise_code
 from .names import check_path_safe
+from .probe import describe
 from .records import BlobStat, SnapshotInfo
 from .snapshots import Snapshots
 
@@ -909,32 +910,9 @@ class Image:
 
     def info(self) -> dict:
         used = self.reading(lambda: self.store.durable_used())
-        slot, header = self.slot, self.header
-        return {
-            "format": "nvbox",
-            "version": fmt.VERSION,
-            "path": self.path,
-            "cluster_size": self.geo.cluster_size,
-            "image_uuid": str(uuid.UUID(bytes=header.image_uuid)),
-            "capacity": header.capacity_clusters << header.cluster_bits if header.capacity_clusters else None,
-            "image_clusters": slot.image_clusters,
-            "image_size": slot.image_clusters << header.cluster_bits,
-            "used_clusters": used,
-            "free_clusters": slot.image_clusters - used,
-            "generation": slot.generation,
-            "blob_count": slot.blob_count,
-            "snapshot_count": slot.snapshot_count,
-            "encrypted": slot.encrypted,
-            "incompatible_features": slot.incompatible_features,
-            "compatible_features": slot.compatible_features,
-            "autoclear_features": slot.autoclear_features,
-            "dir_depth": slot.dir_depth,
-            "refcount_depth": slot.refcount_depth,
-            "create_time": header.create_time,
-            "commit_time": slot.commit_time,
-            "extensions": [{"type": e.ext_type, "required": bool(e.ext_flags & 1), "data_hex": e.ext_data.hex()}
-                           for e in header.extensions],
-        }
+        doc = describe(self.header, self.slot, self.path)
+        doc["used_clusters"], doc["free_clusters"] = used, self.slot.image_clusters - used
+        return doc
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import uuid
 from . import _format as fmt
 from .errors import raise_code
 
-__all__ = ["NEEDS_KEY", "probe", "signature"]
+__all__ = ["NEEDS_KEY", "describe", "probe", "signature"]
 
 # What an encrypted image shows only when unlocked.
 NEEDS_KEY = ("authenticating the commit slot (its MAC)", "used and free cluster counts",
@@ -41,23 +41,31 @@ def probe(path) -> dict:
         if not valid:
             raise_code("slot.none_valid", "neither commit slot is valid")
         slot = fmt.decode_slot(raw[max(valid)[1]:max(valid)[1] + fmt.SECTOR], header)
-        cs = 1 << header.cluster_bits
+        cs = 1 << header.cluster_bits     # the key slot table is one cluster
         kinds = None
         if not slot.keyslots.is_null and slot.keyslots.offset + cs <= file_size:
             f.seek(slot.keyslots.offset)
             table = f.read(cs)
             if fmt.crc32c(table) == slot.keyslots.crc:
                 kinds = [fmt.KEYSLOT_KINDS.get(s.kind, "unknown") for s in fmt.decode_keyslots(table) if s.in_use]
+    doc = describe(header, slot, os.fspath(path))
+    doc.update(file_size=file_size, key_slots=kinds, authenticated=False)
+    return doc
+
+
+def describe(header, slot, path=None) -> dict:
+    """What a decoded header and commit slot say, as ``Image.info`` and ``probe``
+    report it (the one definition of those fields)."""
+    cs = 1 << header.cluster_bits
     return {
         "format": "nvbox",
         "version": fmt.VERSION,
-        "path": os.fspath(path),
+        "path": path,
         "cluster_size": cs,
         "image_uuid": str(uuid.UUID(bytes=header.image_uuid)),
         "capacity": header.capacity_clusters * cs if header.capacity_clusters else None,
         "image_clusters": slot.image_clusters,
         "image_size": slot.image_clusters * cs,
-        "file_size": file_size,
         "generation": slot.generation,
         "blob_count": slot.blob_count,
         "snapshot_count": slot.snapshot_count,
@@ -69,8 +77,6 @@ def probe(path) -> dict:
         "refcount_depth": slot.refcount_depth,
         "create_time": header.create_time,
         "commit_time": slot.commit_time,
-        "key_slots": kinds,
         "extensions": [{"type": e.ext_type, "required": bool(e.ext_flags & 1), "data_hex": e.ext_data.hex()}
                        for e in header.extensions],
-        "authenticated": False,
     }
