@@ -18,7 +18,8 @@ Request ``{"op": OP, "args": {...}}``; reply ``{"ok": true, "result": ...}``
 or ``{"ok": false, "error": {"code": CODE, "message": TEXT}}`` with CODE an
 nvbox error code.  Ops:
 
-- ``status``: ``{"pid", "path", "generation", "pending", "open_files", "read_only"}`` and
+- ``status``: ``{"pid", "path", "generation", "pending", "open_files", "read_only",
+  "commits", "device_flushes"}`` (the last two: this session's) and
   what the front end adds (``nvbox mount``: ``"mountpoint"``);
 - ``commit``: commit what is pending (durable on reply);
 - ``snapshot.create`` (name, metadata as hex or null), ``snapshot.list``,
@@ -225,7 +226,8 @@ class ControlServer:
         if op == "status":
             info = session.info()
             return dict(self.status, pid=os.getpid(), path=session.path, generation=info["generation"],
-                        pending=info["pending"], open_files=info["open_files"], read_only=session.read_only)
+                        pending=info["pending"], open_files=info["open_files"], read_only=session.read_only,
+                        commits=info["commits"], device_flushes=info["device_flushes"])
         if op == "commit":
             session.commit()
             return None

@@ -213,7 +213,8 @@ class LiveSession:
         with self._lock:
             d = self._image.info()
             d.update(pending=self._txn, open_files=sum(self._open.values()),
-                     read_only=self.read_only, commits=self.commits)
+                     read_only=self.read_only, commits=self.commits,
+                     device_flushes=self._image.stats["device_flushes"])
             return d
 
     @contextlib.contextmanager
