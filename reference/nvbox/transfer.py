@@ -163,8 +163,12 @@ def export_blobs(source, directory, *, mirror=False, mode=0o600, exclude=DEFAULT
     total, done = sum(plan.values()), 0
     touched_dirs = set()
     for name, size in plan.items():
-        path = os.path.join(directory, *name.split("/"))
+        parts = name.split("/")
+        path = os.path.join(directory, *parts)
         try:
+            link = _symlink_in_the_way(directory, parts[:-1])
+            if link is not None:
+                raise_code("io.error", f"{link} is a symbolic link: export does not write through it")
             data = source[name]
             os.makedirs(os.path.dirname(path), mode=dir_mode, exist_ok=True)
             _write_atomically(path, data, mode)
@@ -179,8 +183,11 @@ def export_blobs(source, directory, *, mirror=False, mode=0o600, exclude=DEFAULT
         done += size
         if progress:
             progress(done, total)
-    for d in sorted(touched_dirs | ({directory} if result.removed else set())):
-        _fsync_dir(d)
+    # Renames, removals and new directories are durable once their directories are.
+    changed = touched_dirs | {os.path.join(directory, *rel.rstrip("/").split("/")[:-1]) for rel in result.removed}
+    for d in sorted(_with_parents(changed, directory)):
+        if os.path.isdir(d):
+            _fsync_dir(d)
     result.failed.sort(key=lambda f: f["name"].encode("utf-8"))
     return result
 
@@ -203,6 +210,30 @@ def _write_atomically(path, data, mode) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _symlink_in_the_way(directory, dirs):
+    """The first of the directories ``dirs`` below ``directory`` that is a symbolic link."""
+    path = directory
+    for part in dirs:
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            return path
+    return None
+
+
+def _with_parents(dirs, top) -> set:
+    """``dirs`` and each of their parents up to ``top`` (all below or at ``top``)."""
+    top = os.path.normpath(top)
+    out = set()
+    for d in dirs:
+        d = os.path.normpath(d)
+        while d not in out:
+            out.add(d)
+            if d == top or len(d) <= len(top):
+                break
+            d = os.path.dirname(d)
+    return out
 
 
 def _fsync_dir(path) -> None:

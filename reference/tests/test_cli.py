@@ -858,3 +858,16 @@ def test_python_m_nvbox_broken_pipe(tmp_path):
     cmd = f"{sys.executable} -m nvbox get {p} big | head -c 10 > /dev/null"
     r = subprocess.run(["sh", "-c", cmd], capture_output=True, timeout=60)
     assert b"Traceback" not in r.stderr
+
+
+def test_export_does_not_write_through_a_symlinked_directory(tmp_path, img):
+    ok("put", img, "tpm/permall", input=b"seeds")
+    ok("put", img, "top", input=b"t")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "state"
+    out.mkdir()
+    (out / "tpm").symlink_to(elsewhere)
+    r = run("export", img, out)
+    assert r.exit_code == 1 and "is a symbolic link" in r.stderr
+    assert list(elsewhere.iterdir()) == [] and (out / "top").read_bytes() == b"t"
