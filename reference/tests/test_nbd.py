@@ -48,6 +48,11 @@ def committed(image, name, key=None) -> bytes:
         return img[name]
 
 
+def used_clusters(image) -> int:
+    with nvbox.open(image, "r") as img:
+        return img.info()["used_clusters"]
+
+
 def verdict(image, key=None) -> str:
     """``nvbox check``'s verdict: clean, leaks or corrupt."""
     with nvbox.open(image, "r", key=key) as img:
@@ -118,10 +123,13 @@ def test_qemu_io_patterns_flush_and_get(tmp_path):
         expected[0:64 * KiB] = b"\xab" * (64 * KiB)
         expected[70001:75001] = b"\xcd" * 5000
         assert blob(image, "dev") == expected
-        # Zero and trim go to the same transaction; a reader sees them after the flush.
-        qemu_io(uri, "write -z 0 8k", "discard 8k 4k", "flush", "read -P 0 0 12k")
-        expected[0:12 * KiB] = bytes(12 * KiB)
+        # Zero and trim go to the same transaction and punch holes (clusters are
+        # freed); a reader sees them after the flush.
+        used = used_clusters(image)
+        qemu_io(uri, "write -z 0 32k", "discard 32k 32k", "flush", "read -P 0 0 64k")
+        expected[0:64 * KiB] = bytes(64 * KiB)
         assert committed(image, "dev") == expected
+        assert used_clusters(image) <= used - 16            # the 16 data clusters of the first 64 KiB
     assert nvbox_cli("check", image).returncode == 0
 
 
@@ -283,6 +291,16 @@ def test_read_only_server_on_a_local_tcp_port(tmp_path):
     finally:
         stop_pid(pid)
     assert committed(image, "dev") == b"\x09" * 8192 and committed(image, "new") == b"n"
+
+
+def test_serve_refuses_bad_options(tmp_path):
+    image = make_image(tmp_path / "vm.nvbox", {"dev": b"d"})
+    both = nvbox_cli("serve", "--socket", tmp_path / "s", "--port", "0", image, check=False)
+    assert both.returncode == 1 and b"exactly one of --socket PATH and --port N" in both.stderr
+    (tmp_path / "file").write_text("not a socket")
+    taken = nvbox_cli("serve", "--socket", tmp_path / "file", image, check=False)
+    assert taken.returncode == 1 and b"exists and is not a socket" in taken.stderr
+    assert (tmp_path / "file").read_text() == "not a socket"
 
 
 def test_second_server_and_writers_get_image_locked(tmp_path):
