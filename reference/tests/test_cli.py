@@ -871,3 +871,43 @@ def test_export_does_not_write_through_a_symlinked_directory(tmp_path, img):
     r = run("export", img, out)
     assert r.exit_code == 1 and "is a symbolic link" in r.stderr
     assert list(elsewhere.iterdir()) == [] and (out / "top").read_bytes() == b"t"
+
+
+def test_export_killed_halfway_leaves_each_file_old_or_new(tmp_path):
+    """SIGKILL at several points of an export over an older export: every file
+    holds the old or the new content, never a mix or a truncation."""
+    import time
+    p = tmp_path / "s.nvbox"
+    ok("create", p)
+    old = {f"d{i % 3}/f{i}": bytes([i]) * 300_000 for i in range(16)}
+    new = {n: bytes([255 - i]) * 250_000 for i, n in enumerate(old)}
+    with nvbox.open(p, "rw") as im:
+        with im.transaction():
+            for n, data in old.items():
+                im[n] = data
+        im.snapshots.create("old")
+        with im.transaction():
+            for n, data in new.items():
+                im[n] = data
+    out = tmp_path / "state"
+    ok("export", "--snapshot", "old", p, out)
+    def new_files():
+        return sum(1 for n in old if (out / n).stat().st_size == len(new[n]))
+
+    for written in (1, 9):            # kill once this many files are new (or when it ended)
+        proc = subprocess.Popen([sys.executable, "-m", "nvbox", "export", str(p), str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and new_files() < written and time.monotonic() < deadline:
+                time.sleep(0.002)
+        finally:
+            if proc.poll() is None:
+                proc.kill()                            # SIGKILL: no handler, no cleanup
+            proc.wait(timeout=60)
+        files = {n: d for n, d in _files(out).items() if not n.rsplit("/", 1)[-1].startswith(".")}
+        assert set(files) == set(old)
+        assert all(files[n] in (old[n], new[n]) for n in old)
+        ok("export", "--snapshot", "old", p, out)
+    ok("export", "--mirror", p, out)                  # also clears a killed run's temporary files
+    assert _files(out) == new
