@@ -72,7 +72,7 @@ instances:
   active_slot:
     pos: 512 + 512 * active_slot_index
     size: 512
-    type: commit_slot(active_slot_index, true)
+    type: commit_slot(active_slot_index.as<u1>, true)
     doc: |
       The chosen commit slot, re-read with every field check of R-slot-5
       enabled (ranges, "iff" rules, unknown incompatible features, pointers).
@@ -88,7 +88,7 @@ instances:
     value: active_slot.image_clusters
   refcount_root_node:
     io: _root._io
-    pos: active_slot.refcount_root.offset
+    pos: active_slot.refcount_root.offset.as<s8>
     size: cluster_size
     type: refcount_node(active_slot.refcount_depth)
     if: not is_encrypted
@@ -96,15 +96,15 @@ instances:
     doc-ref: spec/nvbox.md#7-the-refcount-tree [R-ref-1] [R-ref-2]
   dir_root_node:
     io: _root._io
-    pos: active_slot.dir_root.offset
+    pos: active_slot.dir_root.offset.as<s8>
     size: cluster_size
-    type: dir_node(active_slot.dir_depth - 1)
+    type: dir_node((active_slot.dir_depth - 1).as<u1>)
     if: not is_encrypted and active_slot.dir_depth != 0
     doc: Root node of the directory B-tree; null when the directory is empty.
     doc-ref: spec/nvbox.md#9-the-directory [R-dir-1]
   snaptable_root_node:
     io: _root._io
-    pos: active_slot.snaptable_root.offset
+    pos: active_slot.snaptable_root.offset.as<s8>
     size: cluster_size
     type: map_node(active_slot.snaptable_depth, active_slot.snaptable_root.offset, 0, active_slot.snaptable_root.offset)
     if: not is_encrypted and active_slot.snaptable_size != 0
@@ -112,7 +112,7 @@ instances:
     doc-ref: spec/nvbox.md#11-snapshots [R-snap-5]
   snapshot_table:
     io: _root._io
-    pos: active_slot.snaptable_root.offset
+    pos: active_slot.snaptable_root.offset.as<s8>
     size: active_slot.snaptable_size
     type: snapshot_table_der
     if: not is_encrypted and active_slot.snaptable_size != 0 and active_slot.snaptable_depth == 0
@@ -124,7 +124,7 @@ instances:
     doc-ref: spec/nvbox.md#11-snapshots [R-snap-5]
   keyslot_table:
     io: _root._io
-    pos: active_slot.keyslots.offset
+    pos: active_slot.keyslots.offset.as<s8>
     size: cluster_size
     type: keyslot_cluster
     if: is_encrypted
@@ -174,7 +174,7 @@ types:
       - id: capacity_clusters
         type: u8
         valid:
-          expr: _ == 0 or (_ >= header_clusters + 2 and capacity_bytes.at_most_2_40)
+          expr: _ == 0 or (_ >= (header_clusters + 2).as<u8> and capacity_bytes.at_most_2_40)
         doc: 0 for a growable image, else the most clusters it may use (at most 2^40).
         doc-ref: spec/nvbox.md#3-the-header [R-header-7]
       - id: create_time
@@ -303,7 +303,7 @@ types:
         type: u8
         valid:
           expr: |
-            not check or (_ >= _root.header.header_clusters + 1 and image_clusters_bytes.at_most_2_40
+            not check or (_ >= (_root.header.header_clusters + 1).as<u8> and image_clusters_bytes.at_most_2_40
             and (_root.header.capacity_clusters == 0 or _ <= _root.header.capacity_clusters))
         doc-ref: spec/nvbox.md#1-conventions [R-conv-6]
       - id: blob_count
@@ -399,13 +399,13 @@ types:
       is_valid:
         value: |
           slot_magic == [0x4e, 0x56, 0x42, 0x58, 0x53, 0x4c, 0x4f, 0x54]
-          and generation >= 1 and generation % 2 == 1 - slot_index
+          and generation >= 1 and generation.as<s8> % 2 == 1 - slot_index
         doc: Slot validity of R-slot-2 except the CRC-32C.
         doc-ref: spec/nvbox.md#4-commit-slots [R-slot-2]
       check:
         value: strict and is_valid
       is_encrypted:
-        value: incompatible_features % 2 == 1
+        value: incompatible_features.as<s8> % 2 == 1
         doc: Bit 0 (`incompatible_feature::encrypted`); the only bit a valid slot may set.
       image_clusters_bytes:
         pos: 40
@@ -418,12 +418,12 @@ types:
       refcount_levels:
         pos: 0
         size: 0
-        type: 'fanout_levels((image_clusters + _root.header.cluster_size / 2 - 1) / (_root.header.cluster_size / 2), _root.header.cluster_size / pointer_width)'
+        type: 'fanout_levels((image_clusters + (_root.header.cluster_size / 2).as<u8> - 1) / (_root.header.cluster_size / 2).as<u8>, (_root.header.cluster_size / pointer_width).as<u8>)'
         doc: Index levels needed above the refcount blocks.
       snaptable_levels:
         pos: 0
         size: 0
-        type: 'fanout_levels((snaptable_size + _root.header.cluster_size - 1) / _root.header.cluster_size, _root.header.cluster_size / pointer_width)'
+        type: 'fanout_levels((snaptable_size + _root.header.cluster_size.as<u8> - 1) / _root.header.cluster_size.as<u8>, (_root.header.cluster_size / pointer_width).as<u8>)'
         doc: The cluster-map depth R-map-1 requires for `snaptable_size`.
       crc_input:
         pos: 0
@@ -449,15 +449,15 @@ types:
       - id: offset
         type: u8
         valid:
-          expr: num_clusters == 0 or _ % _root.header.cluster_size == 0
+          expr: num_clusters == 0 or _.as<s8> % _root.header.cluster_size == 0
         doc: Byte offset of the cluster; 0 = null (`pointer.misaligned`).
       - id: crc
         type: u4
         valid:
           expr: |
             num_clusters == 0 or (offset == 0 ? _ == 0 :
-            (offset / _root.header.cluster_size).as<u8> >= _root.header.header_clusters
-            and (offset / _root.header.cluster_size).as<u8> < num_clusters)
+            offset.as<s8> / _root.header.cluster_size >= _root.header.header_clusters
+            and offset.as<s8> / _root.header.cluster_size < num_clusters.as<s8>)
         doc: |
           CRC-32C of the cluster as stored (ciphertext when encrypted). Its
           check also carries the range rule of the offset: a null pointer has
@@ -469,7 +469,10 @@ types:
         type: u4
         if: not is_encrypted
         valid:
-          expr: num_clusters == 0 or _ == 0
+          eq: 'num_clusters == 0 ? reserved : 0'
+        doc: |
+          Zero (`pointer.reserved`); anything in a raw slot. An `eq`, not an
+          `expr`: C# cannot run `valid: expr` on a conditional field.
       - id: nonce
         size: 12
         if: is_encrypted
@@ -492,7 +495,7 @@ types:
         value: offset == 0
       cluster_bytes:
         io: _root._io
-        pos: offset
+        pos: offset.as<s8>
         size: _root.header.cluster_size
         if: offset != 0
         doc: The bytes `crc` covers (read only when accessed).
@@ -580,7 +583,7 @@ types:
         if: level == 1
       - id: entries
         size: _root.pointer_width
-        type: refcount_ref(level - 1)
+        type: refcount_ref((level - 1).as<u1>)
         repeat: expr
         repeat-expr: _root.cluster_size / _root.pointer_width
         if: level > 1
@@ -600,7 +603,7 @@ types:
     instances:
       child:
         io: _root._io
-        pos: pointer.offset
+        pos: pointer.offset.as<s8>
         size: _root.cluster_size
         type: refcount_node(child_level)
         if: pointer.offset != 0
@@ -667,9 +670,9 @@ types:
     instances:
       child:
         io: _root._io
-        pos: pointer.offset
+        pos: pointer.offset.as<s8>
         size: _root.cluster_size
-        type: map_node(level - 1, pointer.offset, node_offset, top_offset)
+        type: map_node((level - 1).as<u1>, pointer.offset, node_offset, top_offset)
         if: pointer.offset != 0
   dir_node:
     doc: |
@@ -734,7 +737,7 @@ types:
         repeat: eos
         if: level == 0
       - id: branches
-        type: dir_branch(level - 1)
+        type: dir_branch((level - 1).as<u1>)
         repeat: eos
         if: level > 0
     instances:
@@ -765,11 +768,11 @@ types:
           expr: _.body.at_most_2_48
         doc: The blob's size in bytes, at most 2^48.
       - id: content
-        type: blob_content(size.value, map_levels.depth)
+        type: blob_content(size.value, map_levels.depth.as<u1>)
         valid:
           expr: |
             _.tag == 0x80
-            ? (_.len.value == _.blob_size and _.blob_size <= inline_max)
+            ? (_.len.value == _.blob_size and _.blob_size <= inline_max.as<u8>)
             : _.clusters.depth.value == _.map_depth
         doc: |
           Inline bytes (length = `size` <= `inline_max`) or a cluster map
@@ -787,7 +790,7 @@ types:
       map_levels:
         pos: 0
         size: 0
-        type: 'fanout_levels((size.value + _root.cluster_size - 1) / _root.cluster_size, _root.cluster_size / _root.pointer_width)'
+        type: 'fanout_levels((size.value + _root.cluster_size.as<u8> - 1) / _root.cluster_size.as<u8>, (_root.cluster_size / _root.pointer_width).as<u8>)'
       name_str:
         value: name.value
   blob_content:
@@ -837,7 +840,7 @@ types:
     instances:
       root_node:
         io: _root._io
-        pos: root.pointer.offset
+        pos: root.pointer.offset.as<s8>
         size: _root.cluster_size
         type: map_node(depth.value.as<u1>, root.pointer.offset, 0, root.pointer.offset)
         if: root.pointer.offset != 0
@@ -870,7 +873,7 @@ types:
     instances:
       child_node:
         io: _root._io
-        pos: child.pointer.offset
+        pos: child.pointer.offset.as<s8>
         size: _root.cluster_size
         type: dir_node(child_level)
         doc: The child node (lazy).
@@ -953,7 +956,7 @@ types:
         doc: Peek at the tag after `dir_root` (is `metadata` present?).
       dir_root_node:
         io: _root._io
-        pos: dir_root.pointer.offset
+        pos: dir_root.pointer.offset.as<s8>
         size: _root.cluster_size
         type: dir_node((dir_depth.value - 1).as<u1>)
         if: dir_depth.value != 0
@@ -1075,7 +1078,7 @@ types:
         valid:
           expr: |
             kind == key_slot_kind::passphrase_argon2id ? _ <= 4194304 :
-            kind == key_slot_kind::passphrase_scrypt ? (_ >= 1 and _ <= 64 and _ <= (33554432 >> kdf_time)) :
+            kind == key_slot_kind::passphrase_scrypt ? (_ >= 1 and _ <= 64 and _ <= (33554432 >> kdf_time.as<s4>)) :
             _ == 0
         doc: |
           Argon2id memory in KiB (at most 4 GiB; the lower bound, 8 lanes, is checked on

@@ -114,17 +114,21 @@ types:
           integer starts with 0x00 (below 2^64).
       - id: byte1
         type: u1
-        if: _io.size >= 2
+        repeat: expr
+        repeat-expr: '_io.size >= 2 ? 1 : 0'
         valid:
           expr: byte0 != 0 or _ >= 0x80
-        doc: Minimal form, a leading 0x00 only before a byte >= 0x80.
+        doc: |
+          The second byte, if any (an array of 0 or 1: C# cannot check a
+          conditional field with `valid: expr`). Minimal form, a leading 0x00
+          only before a byte >= 0x80.
       - id: more
         type: u1
         repeat: eos
         doc: Bytes 2.. (at most 7).
     instances:
       acc2:
-        value: '(_io.size >= 2 ? byte0.as<u8> * 256 + byte1 : byte0).as<u8>'
+        value: '(_io.size >= 2 ? byte0.as<u8> * 256 + byte1[0] : byte0).as<u8>'
       acc3:
         value: '(_io.size >= 3 ? acc2 * 256 + more[0] : acc2).as<u8>'
       acc4:
@@ -145,7 +149,7 @@ types:
         doc: The value is below 2^63 (minimal form, sign bit clear, at most 8 bytes).
       at_most_2_48:
         value: |
-          _io.size <= 6 or (_io.size == 7 and (byte0 == 0 or (byte0 == 1 and byte1 == 0
+          _io.size <= 6 or (_io.size == 7 and (byte0 == 0 or (byte0 == 1 and byte1[0] == 0
           and more[0] == 0 and more[1] == 0 and more[2] == 0 and more[3] == 0 and more[4] == 0)))
         doc: |
           The value is at most 2^48 (7 bytes: 0x00 and a byte >= 0x80, or

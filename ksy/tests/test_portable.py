@@ -15,7 +15,8 @@ Each rule names the target that got it wrong with kaitai-struct-compiler 0.11 (i
   a field that does not exist), and in C++ any switch-typed attribute (deleted uninitialized
   when a read fails);
 - `==`/`!=` between two computed values (instances): Java compares the boxed objects;
-- `valid: expr` that does not use `_` (Go: `_it` declared and not used), zero-size fields;
+- `valid: expr` that does not use `_` (Go: `_it` declared and not used), or on a conditional
+  integer field (C# declares it non-nullable), zero-size fields;
 - `valid` on an instance (it is cached before it is checked).
 """
 from __future__ import annotations
@@ -314,6 +315,9 @@ def test_valid_expr_uses_its_value_and_no_zero_size_fields(docs):
                 if isinstance(v, dict) and "expr" in v and "_" not in tokens(v["expr"]) \
                         and not any(t.startswith("_.") for t in tokens(v["expr"])):
                     bad.append((path, name, "valid: expr without _"))
+                if isinstance(v, dict) and "expr" in v and "if" in a and "repeat" not in a \
+                        and re.fullmatch(r"[usb]\d+", str(a.get("type"))):
+                    bad.append((path, name, "valid: expr on a conditional integer (nullable in C#)"))
                 if kind == "seq" and a.get("size") == 0:
                     bad.append((path, name, "zero-size field"))
     assert not bad, bad
@@ -338,6 +342,8 @@ def test_valid_expr_uses_its_value_and_no_zero_size_fields(docs):
                                            "instances": {"value": {"value": 1}}}),
     (test_valid_expr_uses_its_value_and_no_zero_size_fields, {"seq": [{"id": "check", "size": 0,
                                                                        "valid": {"expr": "a == b"}}]}),
+    (test_valid_expr_uses_its_value_and_no_zero_size_fields, {"seq": [{"id": "r", "type": "u4", "if": "x",
+                                                                       "valid": {"expr": "_ == 0"}}]}),
     (test_valid_expr_uses_its_value_and_no_zero_size_fields, {"instances": {"s": {"pos": 0, "size": 1,
                                                                                   "valid": {"expr": "_.size == 1"}}}}),
 ])
