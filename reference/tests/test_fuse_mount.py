@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -136,6 +137,23 @@ def test_durability_fsync_close_and_pending(live):
     finally:
         os.close(fd)
     assert _committed(image, "durable") == b"v3"      # the close of a written file commits
+
+
+@pytest.mark.skipif(shutil.which("fallocate") is None, reason="util-linux fallocate is missing")
+def test_fallocate_punches_zeroes_and_extends(live):
+    path = live.path("sparse")
+    with open(path, "wb") as f:
+        f.write(b"x" * 12288)
+
+    def fallocate(*args):
+        subprocess.run(["fallocate", *args, path], check=True, capture_output=True, timeout=30)
+    fallocate("--punch-hole", "--offset", "4096", "--length", "4096")
+    fallocate("--zero-range", "--offset", "100", "--length", "10", "--keep-size")
+    fallocate("--length", "20000")
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data == b"x" * 100 + bytes(10) + b"x" * 3986 + bytes(4096) + b"x" * 4096 + bytes(20000 - 12288)
+    assert _committed(live.image_path, "sparse") == data    # the close of a changed file committed
 
 
 def test_names_over_255_bytes_get_enametoolong(live):

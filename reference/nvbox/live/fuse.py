@@ -364,6 +364,8 @@ class NvboxFS(mfusepy.Operations):
         with session.batch():
             session.truncate(name, length)
             self._touch(name)
+            if fh is not None:
+                self._written.add(fh)
         return 0
 
     @_fs_call
@@ -378,6 +380,7 @@ class NvboxFS(mfusepy.Operations):
             if not mode & _FALLOC_KEEP_SIZE and offset + length > size:
                 session.truncate(name, offset + length)
             self._touch(name)
+            self._written.add(fh)
         return 0
 
     @_fs_call
