@@ -115,8 +115,9 @@ Blobs added, removed and changed (in content: size or bytes) from snapshot A to
 snapshot B, or to the active state when B is not given.  Human output: '+ name'
 added, '- name' removed, 'M name' changed; with --storage also 'S name' for a
 blob whose content is equal but whose storage differs (re-written with the same
-bytes).  Subtrees and blobs the two states share are skipped unread; only blobs
-stored differently are read and compared.
+bytes).  What the two states share is skipped unread; of a blob stored
+differently only the clusters whose pointers differ are compared, by checksum
+where that decides (a plain image) and by reading them otherwise.
 
 \b
 Exit status, as qemu-img compare: 0 the states are equal (with --storage: also
