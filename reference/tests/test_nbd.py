@@ -246,6 +246,34 @@ def test_unflushed_writes_commit_within_the_interval_and_at_sigterm(tmp_path):
     assert not os.path.exists(tmp_path / "s2")         # the server removed its socket
 
 
+def test_commits_hold_whole_requests_of_concurrent_clients(tmp_path):
+    """Two clients overwrite the same 1 MiB with their own byte while the
+    committer commits every 10 ms: every commit a reader sees holds one whole
+    request there, never parts of two."""
+    size = 1024 * KiB
+    image = make_image(tmp_path / "vm.nvbox", {"dev": bytes(size)})
+    with served(image, tmp_path / "s", "--commit-interval", "0.01") as server:
+        writers = [PausingClient(server.uri("dev"), f"pause()\nfor i in range(150):\n"
+                                                    f"    h.pwrite(b'\\x{byte:02x}' * {size}, 0)\n")
+                   for byte in (0xAA, 0xBB)]
+        try:
+            for w in writers:
+                w.paused()
+            for w in writers:
+                w.resume()
+            seen = set()
+            while any(w.proc.poll() is None for w in writers):
+                region = committed(image, "dev")
+                assert region.count(region[0]) == size, "a commit mixes two requests"
+                seen.add(region[0])
+            for w in writers:
+                w.finish()
+        finally:
+            for w in writers:
+                w.kill()
+    assert seen & {0xAA, 0xBB}, seen                      # commits were seen while both wrote
+
+
 def test_errors_map_to_nbd_errnos(tmp_path):
     data = random.Random(16).randbytes(32 * KiB)
     image = make_image(tmp_path / "vm.nvbox", {"dev": bytes(64 * KiB), "bad": data})
