@@ -9,7 +9,7 @@ from nvbox import _format as fmt
 from nvbox.crypto import Key
 
 from conformance.corrupt import Editor
-from conformance.generate import base_ops, build, delete, deterministic, pattern, put, snap
+from conformance.builders import base_ops, build, delete, deterministic, pattern, put, snap
 
 CS = 1024
 KEY = pattern(32, "key-file-1")

@@ -1,4 +1,5 @@
-"""The cases of the nvbox conformance corpus, area by area (used by generate.py).
+"""The cases of the nvbox conformance corpus, area by area (generate.py runs them, then
+crash_gen.py, cases_settled.py and cases_crypto.py).
 
 Naming: the leaf name starts with the expectation (y_ valid, n_ invalid,
 i_ implementation-defined, k_ check, w_ write, r_ roundtrip, c_ crash), then
@@ -8,17 +9,16 @@ case, add a new one and retire the old in CHANGES.md.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 from nvbox import _der as der
 from nvbox import _format as fmt
 
-from conformance.corrupt import TLV, Editor, crc_fixpoint, encode_tlv, parse_tlvs
-from conformance.generate import (
-    Model, base, base_deep, base_refdepth2, base_snap, base_sparse, base_two_gens, build, delete, have_crypto,
-    pattern, put, reference_read, snap, truncate, txn, write,
+from conformance.builders import (
+    Model, base, base_deep, base_refdepth2, base_snap, base_sparse, base_two_gens, build, delete, pattern, put, snap,
+    truncate, txn, write,
 )
+from conformance.corrupt import TLV, Editor, crc_fixpoint, encode_tlv
 
 CS = 512
 
@@ -49,12 +49,6 @@ def all_cases(c) -> None:
     check_cases(c)
     write_cases(c)
     roundtrip_cases(c)
-    crash_cases(c)
-    from conformance import cases_settled   # imports this module's helpers
-    cases_settled.all_cases(c)
-    if have_crypto():
-        from conformance import cases_crypto
-        cases_crypto.all_cases(c)
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -1383,9 +1377,3 @@ def roundtrip_cases(c) -> None:
     c.roundtrip("directory", "r_dir_entry-extension-kept-readable", "A rewrite of a leaf holding an entry with extension fields stays readable",
                 ["R-dir-4"], e.bytes(), m.logical(), {}, expect_check=["clean"])
 
-
-# -- crash ----------------------------------------------------------------------------------
-
-def crash_cases(c) -> None:
-    from conformance import crash_gen
-    crash_gen.crash_cases(c)

@@ -16,7 +16,7 @@ from conformance.cases_def import (
     CREATOR, CS, END, base_snaps3, ed_of, entry_kids, entry_named, ext, get_count, leaf_of, set_count,
 )
 from conformance.corrupt import TLV, encode_tlv
-from conformance.generate import base, base_deep, base_snap, base_two_gens, build, pattern, put, snap, truncate, txn, write
+from conformance.builders import base, base_deep, base_snap, base_two_gens, build, pattern, put, snap, truncate, txn, write
 
 RI = "read-invalid"
 BAD_PADDING = ext(0x1235, 0, b"abc", pad=b"\x00\x00\x00\x00\x07")

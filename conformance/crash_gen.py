@@ -18,7 +18,7 @@ import nvbox
 from nvbox.blockdev import MemoryDevice
 from nvbox.crashsim import RecordingDevice, crash_states
 
-from conformance.generate import (Model, build, deterministic, delete, model_ops, pattern, put, reference_check,
+from conformance.builders import (build, deterministic, delete, model_ops, pattern, put, reference_check,
                                   reference_read, snap, truncate, txn, write, BUGS)
 from nvbox import adapter as ref_adapter
 
