@@ -4,7 +4,12 @@ Run by ``nvbox serve`` (``serve.py``), which builds the nbdkit command line:
 
     nbdkit -f python nbd_plugin.py image=PATH sitedir=DIR... [export=NAME...]
            [read-only=1] [commit-interval=SECONDS] [key-file=F | passphrase-file=F]
-           [ready-file=F] [socket=PATH]
+           [ready-file=F] [socket=PATH] [stop-fd=N]
+
+with the listening socket handed over by socket activation.  ``ready-file``
+is written once the server accepts connections; ``socket`` is removed when it
+stops; ``stop-fd`` is the plugin's end of the supervisor's stop channel (see
+``serve.py``: nbdkit alone waits for connected clients before it stops).
 
 nbdkit's embedded interpreter loads this file as a script (the callbacks must
 be its top-level functions), and it does not see the virtual environment that
@@ -35,8 +40,9 @@ import nbdkit
 API_VERSION = 2
 
 _params = {"sitedir": [], "export": []}
-# Filled by after_fork: "session" (LiveSession), "exports" (nbd_exports.Exports),
-# "nbd_errno" and "error_types" (what _nbd_errors maps; nvbox is imported late).
+# Filled by get_ready: "session" (LiveSession), "exports" (nbd_exports.Exports),
+# "nbd_errno" and "error_types" (what _nbd_errors maps; nvbox is imported late);
+# by after_fork: "control" (the control socket's server).
 _state = {"error_types": ()}
 _REPEATABLE = ("sitedir", "export")
 _KNOWN = ("image", "sitedir", "export", "read-only", "commit-interval", "key-file", "passphrase-file",
