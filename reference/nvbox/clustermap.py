@@ -5,27 +5,15 @@ cluster is reported once, the active directory first): header area,
 refcount tree, directory node, snapshot table, key slots, a blob's data or
 cluster map (named), or free.  Clusters whose count is above 1 are shared
 (with a snapshot, or between blobs of different snapshots).  The result is
-run-length encoded for ``--output json`` and drawn as a grid for PNG.
+run-length encoded for ``--output json``; ``nvbox.mappicture`` draws it.
 """
 
 from __future__ import annotations
 
 from ._visit import Visitor
 from .check import check_image
-from .errors import raise_code
 
-__all__ = ["cluster_map", "render_png"]
-
-CATEGORIES = {
-    "header": "#404040",
-    "refcount": "#d62728",
-    "directory": "#ff7f0e",
-    "snapshot-table": "#9467bd",
-    "key-slots": "#8c564b",
-    "blob": None,            # a colour per blob
-    "snapshot-only": "#7f7f7f",
-    "free": "#f0f0f0",
-}
+__all__ = ["cluster_map"]
 
 _CATEGORY = {"header": "header", "refindex": "refcount", "refblock": "refcount", "dir": "directory",
              "snapmap": "snapshot-table", "snapdata": "snapshot-table", "keyslots": "key-slots"}
@@ -89,41 +77,3 @@ def cluster_map(image, progress=None) -> dict:
         "runs": runs,
     }
 
-
-def render_png(description: dict, path: str, columns: int = 64) -> None:
-    """Draw the map as a grid of cells, one per cluster, with a legend."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch, Rectangle
-    except ImportError:
-        raise_code("usage.argument", "drawing a PNG needs matplotlib (pip install matplotlib)")
-    n = description["image_clusters"]
-    rows = -(-n // columns)
-    blob_names = sorted({r["owner"] for r in description["runs"] if r["category"] == "blob"})
-    palette = plt.get_cmap("tab20")
-    blob_colour = {name: palette(i % 20) for i, name in enumerate(blob_names)}
-    fig_w = 10
-    cell = fig_w / columns
-    fig, ax = plt.subplots(figsize=(fig_w, max(1.5, rows * cell + 1.2)))
-    for r in description["runs"]:
-        colour = blob_colour[r["owner"]] if r["category"] == "blob" else CATEGORIES[r["category"]]
-        for c in range(r["start"], r["start"] + r["length"]):
-            y, x = divmod(c, columns)
-            ax.add_patch(Rectangle((x, rows - 1 - y), 1, 1, facecolor=colour, edgecolor="white", linewidth=0.3,
-                                   hatch="///" if r["shared"] else None))
-    ax.set_xlim(0, columns)
-    ax.set_ylim(0, rows)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    handles = [Patch(facecolor=CATEGORIES[k], label=k) for k in CATEGORIES if CATEGORIES[k]]
-    handles += [Patch(facecolor=blob_colour[b], label=f"blob {b}") for b in blob_names[:12]]
-    if len(blob_names) > 12:
-        handles.append(Patch(facecolor="white", label=f"... {len(blob_names) - 12} more blobs"))
-    handles.append(Patch(facecolor="white", hatch="///", label="shared (count > 1)"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=4, fontsize=7, frameon=False)
-    ax.set_title(f"{n} clusters of {description['cluster_size']} bytes, {description['shared_clusters']} shared, "
-                 f"{description['totals'].get('free', 0)} free", fontsize=9)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
