@@ -10,9 +10,10 @@ Every target the compiler offers builds with `make build TARGET=...`.
 The generated Java and C++ parsers are compiled and run the same way when their
 runtimes are at hand (CI cannot fetch them: Maven Central and GitHub are out of
 reach there): KAITAI_JAVA_RUNTIME names a checkout of kaitai_struct_java_runtime
-0.11, KAITAI_CPP_RUNTIME one of kaitai_struct_cpp_stl_runtime 0.11. Java decodes
-bad UTF-8 with replacement characters, so the images Python rejects for that
-are the only ones allowed to differ there.
+0.11, KAITAI_CPP_RUNTIME one of kaitai_struct_cpp_stl_runtime 0.11, and
+KAITAI_CSHARP_RUNTIME one of kaitai_struct_csharp_runtime 0.11 (built with mono).
+Java and .NET decode bad UTF-8 with replacement characters, so the images Python
+rejects for that are the only ones allowed to differ there.
 """
 from __future__ import annotations
 
@@ -217,11 +218,25 @@ def _cpp_walker(tmp):
     return [str(exe)]
 
 
-@pytest.mark.parametrize("walker", [_java_walker, _cpp_walker], ids=["java", "cpp_stl"])
-def test_java_and_cpp_read_like_python(ksy, walker, tmp_path):
+def _csharp_walker(tmp):
+    runtime = _runtime("KAITAI_CSHARP_RUNTIME")
+    if not (shutil.which("mcs") and shutil.which("mono")):
+        pytest.skip("mono's mcs and mono are not installed")
+    _make("build", "TARGET=csharp")
+    exe = tmp / "walk.exe"
+    proc = subprocess.run(["mcs", f"-out:{exe}", str(runtime / "KaitaiStream.cs"), str(runtime / "KaitaiStruct.cs"),
+                           *map(str, (KSY_DIR / "build" / "csharp").glob("*.cs")),
+                           str(Path(__file__).resolve().parent / "csharp" / "Walk.cs")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return ["mono", str(exe)]
+
+
+@pytest.mark.parametrize("walker", [_java_walker, _cpp_walker, _csharp_walker], ids=["java", "cpp_stl", "csharp"])
+def test_java_cpp_csharp_read_like_python(ksy, walker, tmp_path):
     cmd = walker(tmp_path)
     paths = sorted(CASES.rglob("*.nvbox")) + sorted(_large_images(tmp_path).values())
     py, other = py_outcomes(ksy, paths), run_walker(cmd, paths)
-    differ = [p for p in py if py[p] != other[p]
-              and not (cmd[0] == "java" and py[p] == {"error": "utf8"})]
+    replaces_bad_utf8 = cmd[0] in ("java", "mono")      # their decoders do not fail
+    differ = [p for p in py if py[p] != other[p] and not (replaces_bad_utf8 and py[p] == {"error": "utf8"})]
     assert not differ, "\n".join(f"{p}:\n  python {py[p]}\n  {cmd[0]} {other[p]}" for p in differ[:5])
