@@ -10,6 +10,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 from nvbox.live.commands import mounted_image
@@ -17,6 +19,8 @@ from nvbox.live.commands import mounted_image
 NVBOX = [sys.executable, "-m", "nvbox"]
 MOUNT_TIMEOUT = 60.0        # seconds for a mount to become ready (a loaded 2-core machine)
 STOP_TIMEOUT = 30.0         # seconds for the mount process to commit and exit after the unmount
+WATCHDOG = 180.0            # seconds a mount may live: then it is killed, so that a test blocked
+                            # in a system call on a hung mount gets ENOTCONN instead of hanging
 
 
 def fuse_missing() -> str | None:
@@ -47,6 +51,66 @@ def fusermount_u(mountpoint, lazy: bool = False) -> None:
                        capture_output=True, timeout=10)
 
 
+NV_INDEX = "0x1500016"
+
+
+class Swtpm:
+    """``swtpm socket`` with its state at ``tpmstate`` (swtpm's option value),
+    reached by tpm2-tools; stopped by its control channel, then by PID."""
+
+    def __init__(self, tpmstate: str):
+        # A short directory: Unix socket paths are limited to 108 bytes.
+        self.dir = tempfile.mkdtemp(prefix="nvbox-swtpm-")
+        self.sock = os.path.join(self.dir, "tpm")
+        self.env = dict(os.environ, TPM2TOOLS_TCTI=f"swtpm:path={self.sock}")
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", tpmstate, "--flags", "startup-clear",
+             "--server", f"type=unixio,path={self.sock}", "--ctrl", f"type=unixio,path={self.sock}.ctrl"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(self.sock) and os.path.exists(self.sock + ".ctrl")):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"swtpm did not start: {self.proc.stderr.read()}")
+            time.sleep(0.02)
+
+    def tool(self, *args) -> bytes:
+        done = subprocess.run(list(args), capture_output=True, env=self.env, timeout=60)
+        assert done.returncode == 0, f"{args[0]}: {done.stderr.decode(errors='replace')}"
+        return done.stdout
+
+    def nv_define(self) -> None:
+        self.tool("tpm2_nvdefine", NV_INDEX, "-C", "o", "-s", "8", "-a", "ownerread|ownerwrite")
+
+    def nv_write(self, value: bytes) -> None:
+        path = os.path.join(self.dir, "value")
+        with open(path, "wb") as f:
+            f.write(value)
+        self.tool("tpm2_nvwrite", NV_INDEX, "-C", "o", "-i", path)
+
+    def nv_read(self) -> bytes:
+        return self.tool("tpm2_nvread", NV_INDEX, "-C", "o", "-s", "8")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(["swtpm_ioctl", "--unix", self.sock + ".ctrl", "-s"], capture_output=True,
+                               timeout=10)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 class Mount:
     """``nvbox mount -f`` of ``image`` at ``mountpoint`` as a child process.
 
@@ -55,7 +119,7 @@ class Mount:
     unmounts lazily if either did not work.
     """
 
-    def __init__(self, image, mountpoint, *options, env=None, log=None):
+    def __init__(self, image, mountpoint, *options, env=None, log=None, watchdog: float = WATCHDOG):
         self.image, self.mountpoint = str(image), str(mountpoint)
         self.log = str(log or f"{mountpoint}.log")
         os.makedirs(self.mountpoint, exist_ok=True)
@@ -63,6 +127,9 @@ class Mount:
             NVBOX + ["mount", "-f", "--log-file", self.log, *map(str, options), self.image, self.mountpoint],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env=env, start_new_session=True)
+        self._watchdog = threading.Timer(watchdog, self._kill)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         try:
             self._wait_ready()
         except BaseException:
@@ -89,8 +156,14 @@ class Mount:
         with open(self.log, encoding="utf-8", errors="replace") as f:
             return f.read()
 
+    def _kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)      # the kernel aborts the connection
+        fusermount_u(self.mountpoint, lazy=True)
+
     def stop(self) -> int | None:
         """Unmount and wait; returns the process's exit status."""
+        self._watchdog.cancel()
         if self.proc.poll() is None:
             fusermount_u(self.mountpoint)
             try:

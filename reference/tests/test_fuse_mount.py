@@ -10,7 +10,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 
 import pytest
 

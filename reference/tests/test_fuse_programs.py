@@ -5,25 +5,21 @@ the middle of fsync'ed writes."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
-import time
 
 import pytest
 
 import nvbox
 from nvbox.check import check_image
 
-from fuse_helpers import Mount, fuse_missing, fusermount_u, run_nvbox
+from fuse_helpers import Mount, Swtpm, fuse_missing, fusermount_u, run_nvbox
 
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-NV_INDEX = "0x1500016"
 
 pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
 needs_swtpm = pytest.mark.skipif(
@@ -34,63 +30,6 @@ needs_swtpm = pytest.mark.skipif(
 def _verdict(image) -> str:
     with nvbox.open(image) as img:
         return check_image(img).verdict
-
-
-class Swtpm:
-    """``swtpm socket`` with its state at ``tpmstate`` (swtpm's option value),
-    reached by tpm2-tools; stopped by its control channel, then by PID."""
-
-    def __init__(self, tpmstate: str):
-        # A short directory: Unix socket paths are limited to 108 bytes.
-        self.dir = tempfile.mkdtemp(prefix="nvbox-swtpm-")
-        self.sock = os.path.join(self.dir, "tpm")
-        self.env = dict(os.environ, TPM2TOOLS_TCTI=f"swtpm:path={self.sock}")
-        self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", tpmstate, "--flags", "startup-clear",
-             "--server", f"type=unixio,path={self.sock}", "--ctrl", f"type=unixio,path={self.sock}.ctrl"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not (os.path.exists(self.sock) and os.path.exists(self.sock + ".ctrl")):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"swtpm did not start: {self.proc.stderr.read()}")
-            time.sleep(0.02)
-
-    def tool(self, *args, input_file=None) -> str:
-        done = subprocess.run(list(args), capture_output=True, env=self.env, timeout=60)
-        assert done.returncode == 0, f"{args[0]}: {done.stderr.decode(errors='replace')}"
-        return done.stdout
-
-    def nv_define(self) -> None:
-        self.tool("tpm2_nvdefine", NV_INDEX, "-C", "o", "-s", "8", "-a", "ownerread|ownerwrite")
-
-    def nv_write(self, value: bytes) -> None:
-        path = os.path.join(self.dir, "value")
-        with open(path, "wb") as f:
-            f.write(value)
-        self.tool("tpm2_nvwrite", NV_INDEX, "-C", "o", "-i", path)
-
-    def nv_read(self) -> bytes:
-        return self.tool("tpm2_nvread", NV_INDEX, "-C", "o", "-s", "8")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                subprocess.run(["swtpm_ioctl", "--unix", self.sock + ".ctrl", "-s"], capture_output=True,
-                               timeout=10)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def _setup_tpm(state_arg: str) -> None:
