@@ -9,7 +9,7 @@ on the order tests run in.
 
 import sys
 
-REPORTING_MODULES = ("test_crash", "test_faults", "test_fuzz")
+REPORTING_MODULES = ("test_crash", "test_faults", "test_fuzz", "fuse_helpers")
 
 
 def pytest_terminal_summary(terminalreporter):

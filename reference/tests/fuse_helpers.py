@@ -23,6 +23,21 @@ WATCHDOG = 180.0            # seconds a mount may live: then it is killed, so th
                             # in a system call on a hung mount gets ENOTCONN instead of hanging
 
 
+TOTALS = {"mounts": 0, "unmounted": 0}
+
+
+def summary() -> list[str]:
+    """For the report at the end of the test session (conftest.py): the mounts
+    this run made, or why every FUSE test was skipped."""
+    reason = fuse_missing()
+    if reason is not None:
+        return [f"every FUSE test (test_fuse_mount.py, test_fuse_programs.py, benchmarks/test_bench_fuse.py) "
+                f"skipped: {reason}"]
+    if not TOTALS["mounts"]:
+        return []
+    return [f"nvbox mounts {TOTALS['mounts']}, unmounted and stopped {TOTALS['unmounted']}"]
+
+
 def fuse_missing() -> str | None:
     """Why FUSE cannot be used here, or None."""
     if not os.path.exists("/dev/fuse"):
@@ -135,6 +150,7 @@ class Mount:
         except BaseException:
             self.stop()
             raise
+        TOTALS["mounts"] += 1
 
     @property
     def pid(self) -> int:
@@ -174,8 +190,9 @@ class Mount:
                 self.proc.wait(timeout=10)
         if mounted_image(self.mountpoint) is not None:
             fusermount_u(self.mountpoint, lazy=True)
-        if self.proc.stderr:
+        if self.proc.stderr and not self.proc.stderr.closed:
             self.proc.stderr.close()
+            TOTALS["unmounted"] += mounted_image(self.mountpoint) is None
         return self.proc.returncode
 
     def __enter__(self):
