@@ -164,9 +164,15 @@ def image_command(*, output=False, exit_for=None, exists=False):
 
         wrapped = guard(exit_for)(run)
         wrapped = click.argument("image", type=click.Path(dir_okay=False, exists=exists))(wrapped)
+        mine = len(getattr(wrapped, "__click_params__", []))
         wrapped = key_options(wrapped)
         if output:
             wrapped = output_option(wrapped)
+        # click lists parameters in the reverse order of this list: moving the shared
+        # options to its start shows them after the command's own in --help, while
+        # IMAGE stays the first argument.
+        params = wrapped.__click_params__
+        params[:] = params[mine:] + params[:mine]
         return wrapped
     return deco
 

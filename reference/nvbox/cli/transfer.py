@@ -16,12 +16,15 @@ __all__ = ["collect_files", "exclude_options", "excludes", "export", "import_"]
 _DEFAULTS_TEXT = ", ".join(f"'{p}'" for p in DEFAULT_EXCLUDES)
 
 
-def exclude_options(fn):
-    fn = click.option("--no-default-excludes", is_flag=True,
-                      help=f"Do not leave out the default patterns ({_DEFAULTS_TEXT}).")(fn)
-    fn = click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
-                      help="Leave out files whose relative path or base name matches GLOB (repeatable).")(fn)
-    return fn
+def exclude_options(what):
+    """--exclude and --no-default-excludes; ``what`` says what a match means."""
+    def add(fn):
+        fn = click.option("--no-default-excludes", is_flag=True,
+                          help=f"Do not use the default patterns ({_DEFAULTS_TEXT}).")(fn)
+        fn = click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+                          help=f"{what} files whose relative path or base name matches GLOB (repeatable).")(fn)
+        return fn
+    return add
 
 
 def excludes(exclude, no_default_excludes) -> tuple:
@@ -50,7 +53,7 @@ Examples:
   nvbox import vm.nvbox state/      # state/tpm/permanent -> blob tpm/permanent
   nvbox import --exclude '*.log' vm.nvbox /var/lib/swtpm/vm1""")
 @image_command(output=True)
-@exclude_options
+@exclude_options("Leave out")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, exists=True))
 def import_(image, directory, output, exclude, no_default_excludes):
     files = collect_files([directory], excludes(exclude, no_default_excludes))
@@ -107,7 +110,7 @@ Examples:
 @click.option("--mirror", is_flag=True, help="Remove files in DIR that are not blobs (see above).")
 @click.option("--mode", "mode", default="600", show_default=True, metavar="OCTAL",
               help="Permission bits of the files written.")
-@exclude_options
+@exclude_options("With --mirror, keep")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 def export(image, directory, snapshot, mirror, mode, output, exclude, no_default_excludes):
     file_mode = _mode(mode)
