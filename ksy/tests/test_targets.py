@@ -11,7 +11,8 @@ The generated Java and C++ parsers are compiled and run the same way when their
 runtimes are at hand (CI cannot fetch them: Maven Central and GitHub are out of
 reach there): KAITAI_JAVA_RUNTIME names a checkout of kaitai_struct_java_runtime
 0.11, KAITAI_CPP_RUNTIME one of kaitai_struct_cpp_stl_runtime 0.11, and
-KAITAI_CSHARP_RUNTIME one of kaitai_struct_csharp_runtime 0.11 (built with mono).
+KAITAI_CSHARP_RUNTIME one of kaitai_struct_csharp_runtime 0.11 (built with mono),
+KAITAI_RUBY_RUNTIME one of kaitai_struct_ruby_runtime 0.11.
 Java and .NET decode bad UTF-8 with replacement characters, so the images Python
 rejects for that are the only ones allowed to differ there.
 """
@@ -232,8 +233,18 @@ def _csharp_walker(tmp):
     return ["mono", str(exe)]
 
 
-@pytest.mark.parametrize("walker", [_java_walker, _cpp_walker, _csharp_walker], ids=["java", "cpp_stl", "csharp"])
-def test_java_cpp_csharp_read_like_python(ksy, walker, tmp_path):
+def _ruby_walker(tmp):
+    runtime = _runtime("KAITAI_RUBY_RUNTIME")
+    if not shutil.which("ruby"):
+        pytest.skip("ruby is not installed")
+    _make("build", "TARGET=ruby")
+    return ["ruby", "-I", str(runtime / "lib"), "-I", str(KSY_DIR / "build" / "ruby"),
+            str(Path(__file__).resolve().parent / "ruby" / "walk.rb")]
+
+
+@pytest.mark.parametrize("walker", [_java_walker, _cpp_walker, _csharp_walker, _ruby_walker],
+                         ids=["java", "cpp_stl", "csharp", "ruby"])
+def test_other_targets_read_like_python(ksy, walker, tmp_path):
     cmd = walker(tmp_path)
     paths = sorted(CASES.rglob("*.nvbox")) + sorted(_large_images(tmp_path).values())
     py, other = py_outcomes(ksy, paths), run_walker(cmd, paths)
