@@ -23,9 +23,10 @@ a bound that does not depend on how loaded the machine is:
   ``READ_BUDGET`` times (the file's length + 4 KiB) per pass, a pass being the
   check or the reading of one directory (the active one, each snapshot's): a
   reader that revisits a shared subtree per reference, or re-reads the image per
-  blob, goes past it (the worst of 100,000 inputs read 3.2 times the file in all);
-- ``CPU_LIMIT`` seconds of this process's CPU time (the slowest input takes
-  about 35 ms), where the input is stopped: time other processes take on a busy
+  blob, goes past it (the worst of the 100,000 inputs in docs/RELIABILITY.md read
+  1.17 per pass);
+- ``CPU_LIMIT`` seconds of this process's CPU time (the slowest of those took
+  62 ms), where the input is stopped: time other processes take on a busy
   machine does not count;
 - a ``tracemalloc`` peak of 64 MiB or more.
 
