@@ -100,7 +100,8 @@ def mount(image, mountpoint, foreground, read_only, snapshot, commit_interval, f
     except (ImportError, OSError) as exc:
         raise_code("usage.argument", f"the FUSE mount needs mfusepy and libfuse 3 "
                                      f"(pip install 'nvbox[fuse]'; apt install fuse3): {exc}")
-    log_target = log_file or (sys.stderr if foreground else default_log_path(image.path))
+    mountpoint = os.path.abspath(mountpoint)
+    log_target = os.path.abspath(log_file) if log_file else (sys.stderr if foreground else default_log_path(image.path))
     log = _log_to(log_target)
     read_only = read_only or snapshot is not None
     session = LiveSession(image.path, key=image.key(), read_only=read_only, commit_interval=commit_interval,
@@ -149,6 +150,7 @@ def _fork_and_serve(fs, session, server, mountpoint, fsname, allow_other, log, l
     if pid == 0:                    # the mount process
         os.close(r)
         os.setsid()
+        os.chdir("/")               # keep no directory busy (paths are absolute by now)
         # Let go of the caller's terminal or pipes (it may wait for their end);
         # what libfuse prints goes to the log, which the parent shows on failure.
         null = os.open(os.devnull, os.O_RDWR)

@@ -55,12 +55,15 @@ _MAX_WRITE = 1 << 20
 
 
 def _fs_call(method):
-    """Run one FUSE operation: nvbox errors become their errno; a damaged image
+    """Run one FUSE operation under the session's lock (libfuse calls from
+    several threads; the mount's own tables of directories, modes and handles
+    change with the image): nvbox errors become their errno; a damaged image
     or a failing disk is logged with its error code (the program only sees EIO)."""
     @functools.wraps(method)
     def run(self, *args):
         try:
-            return method(self, *args)
+            with self.session.batch():
+                return method(self, *args)
         except NvboxError as exc:
             code = errno_of(exc)
             if code == errno.EIO:

@@ -44,6 +44,7 @@ import bisect
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 
@@ -161,7 +162,7 @@ class LiveSession:
             self._image, self.path = image, image.path
             read_only = not image.writable
         else:
-            self.path = str(image)
+            self.path = os.path.abspath(image)     # a server may change its directory
             self._image = open_image(self.path, "r" if read_only else "rw", key=key)
         self._key = key
         self.read_only = read_only
