@@ -43,10 +43,11 @@ def _files(inputs) -> list[Path]:
     return out
 
 
-def code_of(path: Path) -> bytes:
+def code_of(path: Path, raw: bytes | None = None) -> bytes:
     """What of a file counts: a Python file's syntax tree without docstrings (a
-    file that does not parse counts by its bytes), any other file's bytes."""
-    raw = path.read_bytes()
+    file that does not parse counts by its bytes), any other file's bytes.
+    ``raw``: the file's bytes, when they come from elsewhere (an older commit)."""
+    raw = path.read_bytes() if raw is None else raw
     if path.suffix != ".py":
         return raw
     try:
@@ -112,6 +113,19 @@ def staleness(text: str, inputs) -> str | None:
     if found["digest"] == digest(inputs):
         return None
     commit = found["commit"].removesuffix("+changes")
-    changed = git("diff", "--name-only", commit, "--", *inputs) if commit != "unknown" else ""
+    changed = git("diff", "--name-only", commit, "--", *inputs).split() if commit != "unknown" else []
+    changed = [name for name in changed if _code_changed(commit, name)]
     return (f"its inputs changed since it was made (commit {found['commit']})"
-            + (f": {', '.join(changed.split())}" if changed else ""))
+            + (f": {', '.join(changed)}" if changed else ""))
+
+
+def _code_changed(commit: str, name: str) -> bool:
+    """Whether the code of file ``name`` (code_of) differs between ``commit`` and now."""
+    path = ROOT / name
+    try:
+        old = subprocess.run(["git", "show", f"{commit}:{name}"], capture_output=True, cwd=ROOT, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if old.returncode != 0 or not path.exists():
+        return True
+    return code_of(path, old.stdout) != code_of(path)
