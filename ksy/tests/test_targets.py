@@ -12,7 +12,7 @@ runtimes are at hand (CI cannot fetch them: Maven Central and GitHub are out of
 reach there): KAITAI_JAVA_RUNTIME names a checkout of kaitai_struct_java_runtime
 0.11, KAITAI_CPP_RUNTIME one of kaitai_struct_cpp_stl_runtime 0.11, and
 KAITAI_CSHARP_RUNTIME one of kaitai_struct_csharp_runtime 0.11 (built with mono),
-KAITAI_RUBY_RUNTIME one of kaitai_struct_ruby_runtime 0.11.
+KAITAI_RUBY_RUNTIME and KAITAI_PHP_RUNTIME ones of the Ruby and PHP runtimes 0.11.
 Java and .NET decode bad UTF-8 with replacement characters, so the images Python
 rejects for that are the only ones allowed to differ there.
 """
@@ -242,8 +242,17 @@ def _ruby_walker(tmp):
             str(Path(__file__).resolve().parent / "ruby" / "walk.rb")]
 
 
-@pytest.mark.parametrize("walker", [_java_walker, _cpp_walker, _csharp_walker, _ruby_walker],
-                         ids=["java", "cpp_stl", "csharp", "ruby"])
+def _php_walker(tmp):
+    runtime = _runtime("KAITAI_PHP_RUNTIME")
+    if not shutil.which("php"):
+        pytest.skip("php is not installed")
+    _make("build", "TARGET=php")
+    return ["php", str(Path(__file__).resolve().parent / "php" / "walk.php"), str(runtime / "lib"),
+            str(KSY_DIR / "build" / "php")]
+
+
+@pytest.mark.parametrize("walker", [_java_walker, _cpp_walker, _csharp_walker, _ruby_walker, _php_walker],
+                         ids=["java", "cpp_stl", "csharp", "ruby", "php"])
 def test_other_targets_read_like_python(ksy, walker, tmp_path):
     cmd = walker(tmp_path)
     paths = sorted(CASES.rglob("*.nvbox")) + sorted(_large_images(tmp_path).values())
