@@ -36,10 +36,6 @@ class CheckResult:
     repaired: list = field(default_factory=list)
 
     @property
-    def structural(self) -> list:
-        return self.corruptions
-
-    @property
     def verdict(self) -> str:
         if self.corruptions or self.refcount_errors:
             return "corrupt"

@@ -13,7 +13,7 @@ catch ``NvboxError`` and never anything else.
 
 from __future__ import annotations
 
-__all__ = ["NvboxError", "ERROR_CODES", "error_class", "raise_code", "is_corruption"]
+__all__ = ["NvboxError", "ERROR_CODES", "error_class", "raise_code", "code_matches"]
 
 
 # code -> (class name, meaning, kind).  kind is one of:
@@ -131,10 +131,6 @@ def error_class(code: str) -> type[NvboxError]:
 def raise_code(code: str, message: str | None = None, **details):
     """Raise the error registered for ``code``."""
     raise _BY_CODE[code](message, **details)
-
-
-def is_corruption(err: NvboxError) -> bool:
-    return err.kind == "corrupt"
 
 
 def code_matches(expected: str, actual: str) -> bool:
