@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import nvbox
 from nvbox import _format as fmt
 from nvbox.check import check_image, damaged_slots
+from nvbox.compact import compact_image
 from nvbox.cli import cli
 
 
@@ -89,3 +90,19 @@ def test_cli_check_info_and_dump_name_the_damaged_slot(two_gens):
     assert [d["slot"] for d in doc["damaged_slots"]] == [name]
     r = runner.invoke(cli, ["dump", str(path)])
     assert f"name={name} valid=False state=damaged" in r.output and "ERROR slot.damaged" in r.output
+
+
+def test_compaction_is_not_refused_for_a_damaged_slot_and_its_commit_clears_it(tmp_path):
+    path = tmp_path / "c.nvbox"
+    with nvbox.create(str(path), cluster_size=512) as img:
+        for i in range(6):
+            img.put(f"b{i}", bytes([i]) * 3000)
+        for i in range(5):
+            img.delete(f"b{i}")
+        older = 1 if img.generation % 2 else 0
+    _poke(path, fmt.SLOT_OFFSETS[older] + 40, b"\x01")
+    with nvbox.open(str(path), "rw") as img:
+        assert len(damaged_slots(img)) == 1
+        assert compact_image(img)["passes"] >= 1
+        assert damaged_slots(img) == [] and check_image(img).verdict == "clean"
+        assert img["b5"] == b"\x05" * 3000
