@@ -60,6 +60,31 @@ def run_nvbox(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProce
     return done
 
 
+def refused_mount(image, mountpoint, *options, **kw) -> subprocess.CompletedProcess:
+    """``nvbox mount`` (in the background) that the test expects to fail; should
+    it mount after all, the mount is undone before the test goes on."""
+    try:
+        return run_nvbox("mount", *options, image, mountpoint, check=False, **kw)
+    finally:
+        if mounted_image(mountpoint) is not None:
+            stop_background_mount(image, mountpoint)
+
+
+def stop_background_mount(image, mountpoint) -> None:
+    """Unmount a mount made without -f: fusermount3 -u, then its process (found
+    through its control socket) killed by PID, then a lazy unmount."""
+    from nvbox.live import control
+    pid = None
+    with contextlib.suppress(Exception):
+        pid = control.request(image, "status")["pid"]
+    fusermount_u(mountpoint)
+    if pid is not None and mounted_image(mountpoint) is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if mounted_image(mountpoint) is not None:
+        fusermount_u(mountpoint, lazy=True)
+
+
 def fusermount_u(mountpoint, lazy: bool = False) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(["fusermount3", "-uz" if lazy else "-u", str(mountpoint)],

@@ -17,7 +17,7 @@ import nvbox
 from nvbox.check import check_image
 from nvbox.live.commands import mounted_image
 
-from fuse_helpers import Mount, fuse_missing, run_nvbox
+from fuse_helpers import Mount, fuse_missing, refused_mount, run_nvbox, stop_background_mount
 
 pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=str(fuse_missing()))
 
@@ -186,7 +186,7 @@ def test_writers_are_locked_out_and_readers_see_the_last_commit(live, tmp_path):
         f.write(b"committed")
     done = run_nvbox("put", live.image_path, "x", "-", input="data", check=False)
     assert done.returncode == 1 and "image.locked" in done.stderr
-    done = run_nvbox("mount", live.image_path, tmp_path, check=False)
+    done = refused_mount(live.image_path, tmp_path)
     assert done.returncode == 1 and "image.locked" in done.stderr
     assert mounted_image(tmp_path) is None
     assert run_nvbox("get", live.image_path, "reader-sees").stdout == "committed"
@@ -228,7 +228,7 @@ def test_background_mount_umount_and_what_stays(tmp_path):
         run_nvbox("umount", mnt)
     finally:
         if mounted_image(mnt) is not None:
-            subprocess.run(["fusermount3", "-uz", str(mnt)], timeout=10)
+            stop_background_mount(image, mnt)
     assert mounted_image(mnt) is None
     assert _committed(image, "full/f") == b"pending until unmount"   # umount returned after the commit
     with nvbox.open(image) as img:
@@ -291,7 +291,7 @@ def test_encrypted_image_with_passphrase_from_the_environment(tmp_path):
     image = str(tmp_path / "enc.nvbox")
     env = dict(os.environ, NVBOX_PASSPHRASE="correct horse")
     run_nvbox("create", "--encrypt", image, env=env)
-    done = run_nvbox("mount", image, tmp_path, check=False)               # no key
+    done = refused_mount(image, tmp_path)                                 # no key
     assert done.returncode == 1 and "key.missing" in done.stderr
     with Mount(image, tmp_path / "m", env=env) as m:
         with open(m.path("secret"), "wb") as f:
@@ -318,7 +318,7 @@ def test_read_only_and_snapshot_mounts(tmp_path):
             assert stat.S_IMODE(os.stat(m.path("a")).st_mode) == 0o400
         with nvbox.open(image, "rw") as img:           # a read-only mount holds no lock
             img["a"] = b"three"
-    done = run_nvbox("mount", "--snapshot", "nope", image, tmp_path, check=False)
+    done = refused_mount(image, tmp_path, "--snapshot", "nope")
     assert done.returncode == 1 and "snapshot.not_found" in done.stderr
 
 
