@@ -63,6 +63,18 @@ def test_check_of_a_file_that_is_not_nvbox_could_not_check(tmp_path):
     assert r.exit_code == 1 and json.loads(r.stdout)["error"]["code"] == "header.magic"
 
 
+def test_check_reports_a_damaged_refcount_tree(tmp_path):
+    p = tmp_path / "r.nvbox"
+    with nvbox.create(p, cluster_size=512) as im:
+        im["a"] = os.urandom(5000)
+        root = im.slot.refcount_root.offset
+    raw = bytearray(p.read_bytes())
+    raw[root + 3] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    r = run("check", p)
+    assert r.exit_code == 2 and "ERROR cluster.checksum: " in r.output and "errors were found" in r.output
+
+
 # -- info without a key -----------------------------------------------------------------------------
 
 def test_info_of_an_encrypted_image_without_a_key(tmp_path):
