@@ -7,11 +7,11 @@ they read, or the rule that stopped them), and so do images larger than 256
 clusters and blobs of 2^40 bytes and more, written by the reference library.
 Every target the compiler offers builds with `make build TARGET=...`.
 
-The generated Java and C++ parsers are compiled and run the same way when their
-runtimes are at hand (CI cannot fetch them: Maven Central and GitHub are out of
-reach there): KAITAI_JAVA_RUNTIME names a checkout of kaitai_struct_java_runtime
-0.11, KAITAI_CPP_RUNTIME one of kaitai_struct_cpp_stl_runtime 0.11, and
-KAITAI_CSHARP_RUNTIME one of kaitai_struct_csharp_runtime 0.11 (built with mono),
+The generated Java, C++, C#, Ruby, PHP and Lua parsers are compiled and run the
+same way when their runtimes are at hand (CI cannot fetch them: their registries
+are out of reach there): KAITAI_JAVA_RUNTIME names a checkout of
+kaitai_struct_java_runtime 0.11, KAITAI_CPP_RUNTIME one of
+kaitai_struct_cpp_stl_runtime 0.11, KAITAI_CSHARP_RUNTIME one of kaitai_struct_csharp_runtime 0.11 (built with mono),
 KAITAI_RUBY_RUNTIME, KAITAI_PHP_RUNTIME and KAITAI_LUA_RUNTIME ones of the Ruby,
 PHP and Lua runtimes 0.11. What may differ there, and why, is in OTHER_TARGETS.
 """
