@@ -73,6 +73,10 @@ def test_check_reports_a_damaged_refcount_tree(tmp_path):
     p.write_bytes(bytes(raw))
     r = run("check", p)
     assert r.exit_code == 2 and "ERROR cluster.checksum: " in r.output and "errors were found" in r.output
+    # info still shows what the header and slots say, and the damage
+    r = ok("info", p)
+    assert "corrupt:      yes: cluster.checksum: " in r.output and "blobs:        1" in r.output
+    assert json.loads(ok("info", "--output", "json", p).stdout)["corrupt"]["code"] == "cluster.checksum"
 
 
 # -- info without a key -----------------------------------------------------------------------------

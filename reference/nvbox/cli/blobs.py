@@ -177,12 +177,21 @@ def info(image, output):
             if doc["encrypted"]:
                 doc["key_slots"] = [s["kind"] for s in img.key_slots.list()]
     except NvboxError as exc:
-        if exc.code != "key.missing":
+        if exc.code == "key.missing":
+            # Locked: what the plaintext header and slots say, as qemu-img info shows a
+            # LUKS image's geometry without its secret.
+            doc = probe(image.path)
+            doc["needs_key"] = list(NEEDS_KEY)
+        elif exc.kind == "corrupt":
+            # Damage past the header and slots (a tree): show what they say, and the
+            # damage, as qemu-img info shows "corrupt: true".
+            try:
+                doc = probe(image.path)
+            except NvboxError:
+                raise exc from None
+            doc["corrupt"] = exc.to_json()
+        else:
             raise
-        # Locked: what the plaintext header and slots say, as qemu-img info shows a
-        # LUKS image's geometry without its secret.
-        doc = probe(image.path)
-        doc["needs_key"] = list(NEEDS_KEY)
     if output == "json":
         emit_json(doc)
         return
@@ -199,7 +208,8 @@ def info(image, output):
         ("image size", f"{human_size(doc['image_size'])} ({doc['image_clusters']} clusters)"),
         ("disk size", human_size(doc["file_size"])),
         ("used", f"{human_size(doc['used_clusters'] * cs)} ({doc['used_clusters']} clusters, "
-                 f"{doc['free_clusters']} free)" if "used_clusters" in doc else "- (needs the key)"),
+                 f"{doc['free_clusters']} free)" if "used_clusters" in doc
+                 else "- (needs the key)" if "needs_key" in doc else "- (the refcount tree cannot be read)"),
         ("blobs", str(doc["blob_count"])),
         ("snapshots", str(doc["snapshot_count"])),
         ("encrypted", "yes (AES-256-GCM)" if doc["encrypted"] else "no"),
@@ -213,6 +223,8 @@ def info(image, output):
     ]
     if doc.get("key_slots") is not None:
         lines.append(("key slots", f"{len(doc['key_slots'])} in use ({', '.join(doc['key_slots'])})"))
+    if "corrupt" in doc:
+        lines.append(("corrupt", f"yes: {doc['corrupt']['code']}: {doc['corrupt']['message']} (run nvbox check)"))
     if "needs_key" in doc:
         lines.append(("locked", "no key given; the values above are unauthenticated.  Needs the key: "
                                 + ", ".join(doc["needs_key"])))
