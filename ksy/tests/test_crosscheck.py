@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import kaitaistruct
 import pytest
 
 from mkimage import crc32c
@@ -211,3 +212,22 @@ def test_dump_json_matches_descriptors(tmp_path, parse):
                 compared += 1
     assert compared >= 10, f"too few fields matched between dump and descriptors: {compared}"
     del structs
+
+
+def test_branch_length_covers_low_key_and_child(tmp_path, parse):
+    """A DirBranch whose SEQUENCE length is not exactly lowKey + child is rejected."""
+    p = tmp_path / "deep-dir.nvbox"
+    make(p, 512, {f"blob{i:03}": b"x" for i in range(60)})
+    raw = bytearray(p.read_bytes())
+    img = parse(bytes(raw))
+    assert img.active_slot.dir_depth >= 2
+    root = img.active_slot.dir_root.offset
+    # the body starts 16 bytes into the node: SEQUENCE tag, its length, then the first
+    # branch's tag 0x30 and its one-byte length
+    body = raw[root + 16:]
+    first_branch = 2 if body[1] < 0x80 else 2 + (body[1] & 0x7F)
+    assert body[first_branch] == 0x30
+    raw[root + 16 + first_branch + 1] += 1
+    with pytest.raises(kaitaistruct.ValidationExprError) as e:
+        parse(bytes(raw)).dir_root_node
+    assert e.value.src_path == "/types/dir_branch/seq/3", e.value
