@@ -1,10 +1,10 @@
 """The FUSE file system of ``nvbox mount``: an image's blobs as files.
 
 Built on mfusepy (ctypes over libfuse 3, the path-based high-level API) and a
-``LiveSession``; see spec/rationale.md "The live mount" for the choice and for
-the mapping from file-system calls to commits, which in short is:
+``LiveSession``; spec/rationale.md section 13 says why this binding and
+gives the mapping from file-system calls to commits, which in short is:
 
-- write, truncate, create, unlink, mkdir-free changes: pending (one open
+- write, truncate, create, unlink, fallocate: pending (one open library
   transaction); committed at most ``commit_interval`` after the first of them;
 - fsync, fdatasync, fsyncdir: commit everything pending, durable on return;
 - rename: commits (swtpm renames a fully written temporary file over its state);
@@ -17,8 +17,9 @@ names that share its prefix, so the image stores no directories.  ``mkdir``
 makes an empty directory that lives in the mount process's memory until a file
 is put in it, it is removed, or the mount ends; a directory emptied by unlink
 or rename stays, the same way.  ``MOUNT/.snapshots/NAME/`` shows snapshot NAME
-read-only; the name ``.snapshots`` is reserved at the root.  Blobs whose names
-are not path-safe (an empty, ``.`` or ``..`` component: see nvbox.names) and
+read-only (a snapshot whose name holds a ``/`` is not shown there); the name
+``.snapshots`` is reserved at the root (blobs under it are not shown, and it
+cannot be written).  Blobs whose names are not path-safe (an empty, ``.`` or ``..`` component: see nvbox.names) and
 blobs hidden under a blob of the same name as their directory are not shown.
 
 Files belong to the mounting user, mode 0600 (``file_mode``).  The image
