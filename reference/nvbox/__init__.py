@@ -16,9 +16,11 @@ Every error is an ``nvbox.NvboxError`` whose ``code`` is a stable code from
 spec/nvbox.md.
 """
 
+from .blobio import BlobIO
 from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
 from .errors import NvboxError, error_class
-from .image import BlobIO, Image, create, open_image, parse_size
+from .image import Image
+from .opening import create, open_image, parse_size
 from .records import BlobStat, SnapshotInfo
 
 open = open_image  # noqa: A001 - nvbox.open mirrors the built-in on purpose

@@ -25,7 +25,7 @@ from . import _format as fmt
 from ._visit import Visitor
 from .check import damaged_slots
 from .errors import NvboxError
-from .image import open_image
+from .opening import open_image
 
 __all__ = ["dump_image", "render_dump"]
 

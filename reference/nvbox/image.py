@@ -13,26 +13,24 @@ handle to the last durable commit (R-commit-4).
 from __future__ import annotations
 
 import contextlib
-import io
-import os
 import random
 import time
-import uuid
-from dataclasses import replace
 
+from . import _content as content
 from . import _format as fmt
 from . import crypto
 from ._store import ClusterStore
-from ._tree import NULL, Blob, Trees
-from .transaction import DirState, Transaction
-from .blockdev import BlockDevice, CountingDevice, FileDevice, MemoryDevice
+from ._tree import Blob, Trees
+from .blobio import BlobIO
+from .blockdev import BlockDevice, CountingDevice
 from .errors import NvboxError, error_class, raise_code
 from .names import check_path_safe
 from .probe import describe
-from .records import BlobStat, SnapshotInfo
+from .records import BlobStat
 from .snapshots import Snapshots
+from .transaction import DirState, Transaction
 
-__all__ = ["Image", "BlobIO", "create", "open_image", "parse_size"]
+__all__ = ["Image"]
 
 # A read-only handle's retries when the writer's commits reuse or cut off clusters
 # it needs (R-lock-2): the first retry is immediate, later ones pause a little
@@ -80,20 +78,6 @@ def _newest_generation(raw: bytes) -> int:
     gens = [fmt.slot_generation(raw, off) for index, off in enumerate(fmt.SLOT_OFFSETS)
             if fmt.slot_is_valid(raw[off:off + fmt.SECTOR], index)]
     return max(gens, default=0)
-
-
-def parse_size(text) -> int:
-    """'64M', '1g', '4096' -> bytes (binary units, as qemu-img)."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().lower().rstrip("b").rstrip("i")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    try:
-        if s and s[-1] in units:
-            return int(float(s[:-1]) * units[s[-1]])
-        return int(s)
-    except ValueError:
-        raise_code("usage.argument", f"not a size: {text!r}")
 
 
 class Image:
@@ -455,66 +439,23 @@ class Image:
             raise
 
     def _commit(self) -> None:
-        """R-commit-1: trees, refcounts, flush, slot, flush."""
+        """R-commit-1, with what the transaction carries; then a fresh transaction."""
         txn = self.txn
-        assert txn.gathered is None, "gathered writes are applied before the transaction ends"
         if not txn.changed:
             return
-        trees, store, state = self.trees, self.store, txn.directory
-        dir_root = trees.flush_dir(state.dir_root, state.dir_depth - 1) if state.dir_depth else NULL
-        slot = self.slot
-        snaptable_root, snaptable_depth, snaptable_size = slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size
-        if txn.snapshots_dirty:
-            snaptable_root, snaptable_depth, snaptable_size = self._write_snapshot_table()
-        keyslots = slot.keyslots
-        if txn.keyslot_table is not None:
-            raw = fmt.encode_keyslots(list(txn.keyslot_table), fmt.Geometry(self.header.cluster_bits, True))
-            keyslots = store.write_cluster(store.allocate(1), 0, raw)
-            store.decref(txn.keyslots_moved or slot.keyslots)
-        elif txn.keyslots_moved is not None:
-            keyslots = txn.keyslots_moved
-        store.flush_refcounts()
-        if txn.shrink:
-            store.shrink_to_fit()
-        if store.dev.size() < store.image_clusters << self.geo.cluster_bits:
-            store.dev.truncate(store.image_clusters << self.geo.cluster_bits)
-        new = fmt.Slot(
-            generation=slot.generation + 1,
-            incompatible_features=slot.incompatible_features,
-            compatible_features=slot.compatible_features,            # R-feature-2: kept
-            autoclear_features=slot.autoclear_features & fmt.KNOWN_AUTOCLEAR,  # R-feature-3
-            image_clusters=store.image_clusters,
-            blob_count=state.blob_count,
-            next_snapshot_id=txn.next_snapshot_id,
-            commit_time=int(time.time()),
-            refcount_depth=store.refcount_depth,
-            dir_depth=state.dir_depth,
-            snaptable_depth=snaptable_depth,
-            snapshot_count=len(txn.snapshots) if txn.snapshots is not None else slot.snapshot_count,
-            snaptable_size=snaptable_size,
-            refcount_root=store.refcount_root,
-            dir_root=dir_root,
-            snaptable_root=snaptable_root,
-            keyslots=keyslots,
-            alloc_hint=store.alloc_hint(),
-        )
-        store.write_slot(new, self.cipher.slot_mac if self.cipher else None)
+        new = txn.write_commit(self.trees, self.store, self.slot, self.cipher.slot_mac if self.cipher else None)
         self.slot = new
-        store.end_transaction(new)
+        self.store.end_transaction(new)
         self._begin_state()
         if txn.keyslot_table is not None and getattr(self._key, "source", None) != "master":
             # The handle keeps working (reload after a failure, reader refresh)
             # even when the key it was opened with no longer opens any slot.
             self._key = crypto.Key(self.cipher.master, "master")
-        if txn.shrink:
-            self._truncate_file()
-
-    def _truncate_file(self) -> None:
-        """Give clusters past ``image_clusters`` back to the file system.  Only
-        after a durable commit: the newer slot never needs them (section 12)."""
-        dev, end = self.store.dev, self.slot.image_clusters << self.geo.cluster_bits
-        if dev.growable and dev.size() > end:
-            dev.truncate(end)
+        end = new.image_clusters << self.geo.cluster_bits
+        if txn.shrink and self.dev.growable and self.dev.size() > end:
+            # The clusters past the new end go back to the file system: only now,
+            # after the commit is durable, since the newer slot never needs them (section 12).
+            self.dev.truncate(end)
 
     # -- blobs: reading -----------------------------------------------------------------
 
@@ -528,11 +469,7 @@ class Image:
     def read_entry(self, e, offset=0, length=None):
         """``length`` bytes (default: to the end) from ``offset`` of the blob whose
         directory entry is ``e`` (from any tree of this image: active or snapshot)."""
-        if length is None:
-            length = e.size - offset
-        if e.inline is not None:
-            return bytes(e.inline[offset:offset + length])
-        return self.trees.map_read(e.root, e.depth, e.size, offset, length)
+        return content.read(self.trees, e, offset, length)
 
     def get(self, name, default=None):
         try:
@@ -619,7 +556,7 @@ class Image:
                 extra = old.extra  # R-dir-4: unknown fields survive a rewrite
                 self.trees.drop_blob(old)
             blob = Blob(name, 0, b"", key=key, extra=extra)
-            self._fill(blob, data)
+            content.fill(self.trees, blob, data)
             if found:
                 self.trees.dir_set(leaf, i, blob)
             else:
@@ -628,13 +565,6 @@ class Image:
             self.trees.dir_fix(self.state, path)
 
     __setitem__ = put
-
-    def _fill(self, blob, data: bytes) -> None:
-        if len(data) <= self.geo.inline_max:
-            blob.inline, blob.size, blob.depth, blob.root = data, len(data), 0, NULL
-        else:
-            blob.inline, blob.size, blob.depth, blob.root = None, 0, 0, NULL
-            self.trees.map_write(blob, 0, data)
 
     def delete(self, name) -> None:
         with self._change():
@@ -697,25 +627,8 @@ class Image:
             if not found:
                 self.trees.dir_insert(leaf, i, Blob(name, 0, b"", key=key))
                 self.state.blob_count += 1
-            blob = leaf.items[i]
-            if data:
-                new_size = max(blob.size, offset + len(data))
-                if new_size <= self.geo.inline_max and blob.inline is not None:
-                    buf = bytearray(blob.inline.ljust(new_size, b"\0"))
-                    buf[offset:offset + len(data)] = data
-                    blob.inline, blob.size = bytes(buf), new_size
-                else:
-                    self._uninline(blob)
-                    self.trees.map_write(blob, offset, data)
+            content.write_into(self.trees, leaf.items[i], offset, data)
             self.trees.dir_fix(self.state, path, touched=i)
-
-    def _uninline(self, blob) -> None:
-        if blob.inline is not None:
-            content = blob.inline
-            blob.inline, blob.size, blob.depth, blob.root = None, 0, 0, NULL
-            if content:
-                self.trees.map_write(blob, 0, content)
-            blob.size = len(content)
 
     def truncate(self, name, size: int) -> None:
         """Set blob ``name``'s size, cutting or extending with zeros."""
@@ -723,14 +636,7 @@ class Image:
             raise_code("usage.argument" if size < 0 else "blob.too_large")
         with self._change():
             name, key, path, leaf, i, found = self._leaf_for(name, must_exist=True)
-            blob = leaf.items[i]
-            if size <= self.geo.inline_max:
-                content = self.read_entry(blob, 0, size).ljust(size, b"\0")
-                self.trees.drop_blob(blob)
-                blob.inline, blob.size, blob.depth, blob.root = content, size, 0, NULL
-            else:
-                self._uninline(blob)
-                self.trees.map_truncate(blob, size)
+            content.resize(self.trees, leaf.items[i], size)
             self.trees.dir_fix(self.state, path, touched=i)
 
     def rename(self, old, new, replace: bool = True) -> None:
@@ -794,36 +700,8 @@ class Image:
             raise_code("blob.too_large")
         with self._change():
             _, _, path, leaf, i, _ = self._leaf_for(name, must_exist=True)
-            blob = leaf.items[i]
-            if extend and end > blob.size:
-                if end <= self.geo.inline_max and blob.inline is not None:
-                    blob.inline = blob.inline.ljust(end, b"\0")
-                    blob.size = end
-                else:
-                    self._uninline(blob)
-                    self.trees.map_truncate(blob, end)
-            end = min(end, blob.size)
-            if offset < end:
-                if blob.inline is not None:
-                    blob.inline = blob.inline[:offset] + bytes(end - offset) + blob.inline[end:]
-                else:
-                    self._punch(blob, offset, end)
+            content.zero_range(self.trees, leaf.items[i], offset, end, extend)
             self.trees.dir_fix(self.state, path, touched=i)
-
-    def _punch(self, blob, offset: int, end: int) -> None:
-        """Zero ``offset..end`` (within the size) of a clustered blob: holes for
-        the clusters covered wholly, zeros written into the partial ones."""
-        cs = self.geo.cluster_size
-        # Clusters lo..hi-1 are covered wholly; the blob's end counts as a cluster's end.
-        lo, hi = -(-offset // cs), (-(-end // cs) if end == blob.size else end // cs)
-        partial = [(offset, lo * cs), (hi * cs, end)] if lo < hi else [(offset, end)]
-        for a, b in partial:
-            while a < b:            # one cluster at a time: a hole stays a hole
-                c_end = min(b, (a // cs + 1) * cs)
-                if not self.trees.map_lookup(blob.root, blob.depth, a // cs).is_null:
-                    self.trees.map_write(blob, a, bytes(c_end - a))
-                a = c_end
-        self.trees.map_punch(blob, lo, hi)
 
     def open_blob(self, name, mode: str = "rb") -> "BlobIO":
         """A file-like handle on blob ``name``.  Modes: 'rb', 'r+b', 'wb' (truncate
@@ -864,20 +742,6 @@ class Image:
                                       0, slot.snaptable_size, data_kind=fmt.KIND_SNAPDATA)
             txn.snapshots = fmt.decode_snapshot_table(raw, self.geo, slot.snapshot_count, slot.next_snapshot_id)
         return txn.snapshots
-
-    def _write_snapshot_table(self):
-        slot = self.slot
-        trees = self.trees
-        if not slot.snaptable_root.is_null:
-            trees.drop_map(slot.snaptable_root, slot.snaptable_depth, data_kind=fmt.KIND_SNAPDATA)
-        raw = fmt.encode_snapshot_table(self.txn.snapshots, self.geo.pointer_size)
-        if not raw:
-            return NULL, 0, 0
-        if len(raw) > fmt.MAX_SNAPTABLE:
-            raise_code("snapshot.limit", "the snapshot table would exceed 2 MiB")
-        holder = Blob("snapshot-table", 0, None)
-        trees.map_write(holder, 0, raw, data_kind=fmt.KIND_SNAPDATA)
-        return trees.flush_map(holder.root, holder.depth), holder.depth, len(raw)
 
     # -- information --------------------------------------------------------------------------
 
@@ -932,183 +796,3 @@ class Image:
 
     def __repr__(self):
         return f"<nvbox.Image {self.path or 'in memory'} gen={self.slot.generation} blobs={self.state.blob_count}>"
-
-
-class BlobIO(io.RawIOBase):
-    """A file-like view of one blob: read, write, seek, tell, truncate.
-
-    Each write is its own commit unless made inside ``image.transaction()``.
-    """
-
-    def __init__(self, image: Image, name: str, mode: str):
-        super().__init__()
-        self.image, self.name, self.mode = image, name, mode
-        self._pos = image.stat(name).size if mode.startswith("a") else 0
-
-    def readable(self):
-        return True
-
-    def writable(self):
-        return self.mode != "rb"
-
-    def seekable(self):
-        return True
-
-    def readinto(self, b) -> int:
-        data = self.image.read(self.name, self._pos, len(b))
-        b[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def write(self, b) -> int:
-        if not self.writable():
-            raise_code("image.readonly", "blob handle opened read-only")
-        if self.mode.startswith("a"):
-            self._pos = self.image.stat(self.name).size
-        data = bytes(b)
-        self.image.write(self.name, self._pos, data, create=False)
-        self._pos += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: None}[whence]
-        if base is None:
-            base = self.image.stat(self.name).size
-        if base + offset < 0:
-            raise_code("usage.argument", "seek before the start of the blob")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def truncate(self, size: int | None = None) -> int:
-        size = self._pos if size is None else size
-        self.image.truncate(self.name, size)
-        return size
-
-
-# -- create and open ----------------------------------------------------------------------------
-
-def _initial_image(dev: BlockDevice, cluster_bits: int, capacity_clusters: int, encrypt_setup=None,
-                   creator: str = "nvbox-reference 1.0") -> None:
-    """Write a fresh image: header, refcount block, slot 1 (then slot B stays empty)."""
-    geo = fmt.Geometry(cluster_bits, encrypt_setup is not None)
-    image_uuid = uuid.uuid4().bytes
-    header = fmt.Header(cluster_bits, image_uuid, capacity_clusters, int(time.time()),
-                        extensions=(fmt.Extension(fmt.EXT_CREATOR, 0, creator.encode()),))
-    area = bytearray(max(fmt.HEADER_AREA, geo.header_clusters * geo.cluster_size))
-    area[0:fmt.SECTOR] = header.encode()
-    dev.write(0, bytes(area))
-    # A bootstrap slot (generation 0 is never written): the store's first commit
-    # allocates the refcount tree (and key slots), and writes generation 1.
-    boot = fmt.Slot(generation=0, incompatible_features=fmt.INCOMPAT_ENCRYPTED if encrypt_setup else 0,
-                    image_clusters=geo.header_clusters, refcount_depth=1)
-    store = ClusterStore(dev, header, boot, None)
-    for c in range(geo.header_clusters):
-        store.set_count(c, 1)                     # R-ref-3
-    cipher, keyslots = (None, fmt.NULL)
-    if encrypt_setup is not None:
-        cipher, table = encrypt_setup(header)
-        store.cipher = cipher
-        idx = store.allocate(1)
-        keyslots = store.write_cluster(idx, 0, table)
-    store.flush_refcounts()
-    slot = replace(boot, generation=1, image_clusters=store.image_clusters, refcount_root=store.refcount_root,
-                   refcount_depth=store.refcount_depth, keyslots=keyslots, commit_time=int(time.time()),
-                   alloc_hint=store.alloc_hint())
-    store.write_slot(slot, cipher.slot_mac if cipher else None)
-
-
-def create(target=None, cluster_size: int = 4096, capacity=None, *, encrypt: bool = False, key=None,
-           overwrite: bool = False) -> Image:
-    """Create an image and return it open for writing.
-
-    Args:
-        target: a path, a ``BlockDevice``, or None for an in-memory image.
-        cluster_size: a power of two from 512 to 2 MiB (default 4 KiB).
-        capacity: fixed size in bytes (or '64M'); None for a growable image.  A path
-            that names an existing block device or preallocated file with
-            ``overwrite=True`` and ``capacity='device'`` uses its current size.
-        encrypt: encrypt the image; ``key`` is a ``nvbox.Key`` (passphrase or key file).
-
-    Raises:
-        NvboxError: ``image.exists``, ``usage.argument``, ``space.exhausted``...
-    """
-    cluster_bits = _cluster_bits(cluster_size)
-    if encrypt and cluster_bits < 10:
-        raise_code("usage.argument", "encrypted images need clusters of at least 1024 bytes")
-    if encrypt and key is None:
-        raise_code("key.missing", "an encrypted image needs a passphrase or key file")
-    path = None
-    if target is None:
-        dev = MemoryDevice(capacity=parse_size(capacity) if capacity not in (None, "device") else None)
-    elif isinstance(target, BlockDevice):
-        dev = target
-    else:
-        path = os.fspath(target)
-        exists = os.path.exists(path)
-        if exists and not overwrite:
-            raise_code("image.exists", f"{path} already exists (use overwrite to reuse a device or file)")
-        fixed = capacity is not None
-        if not exists:
-            dev = FileDevice(path, writable=True, create=True)
-            if capacity not in (None, "device"):
-                dev.truncate(parse_size(capacity))  # preallocate the fixed region
-                dev.make_fixed()
-        else:
-            dev = FileDevice(path, writable=True, fixed=fixed)
-            if not fixed:
-                dev.truncate(0)
-    size_cap = None
-    if capacity is not None:
-        size_cap = dev.size() if capacity == "device" else parse_size(capacity)
-        if dev.size() < size_cap and not dev.growable:
-            raise_code("usage.argument", f"the device holds {dev.size()} bytes, fewer than the capacity {size_cap}")
-    capacity_clusters = (size_cap >> cluster_bits) if size_cap is not None else 0
-    geo = fmt.Geometry(cluster_bits)
-    if capacity_clusters and capacity_clusters < geo.header_clusters + 4:
-        raise_code("space.exhausted", f"a capacity of {size_cap} bytes cannot hold an image")
-    setup = None
-    if encrypt:
-        setup = crypto.setup_for_create(key)
-    _initial_image(dev, cluster_bits, capacity_clusters, setup)
-    dev.flush()
-    return Image(dev, True, key=key, path=path)
-
-
-def _cluster_bits(cluster_size) -> int:
-    cluster_size = parse_size(cluster_size)
-    bits = cluster_size.bit_length() - 1
-    if cluster_size != 1 << bits or not fmt.MIN_CLUSTER_BITS <= bits <= fmt.MAX_CLUSTER_BITS:
-        raise_code("usage.argument", f"cluster size {cluster_size} is not a power of two from 512 to 2 MiB")
-    return bits
-
-
-def open_image(target, mode: str = "r", *, key=None) -> Image:
-    """Open an image: ``mode`` 'r' (read-only, no lock) or 'rw' (the writer's lock).
-
-    Raises:
-        NvboxError: ``image.locked`` when another writer holds the image, any
-        format error code for a damaged image, ``key.missing``/``key.invalid``.
-    """
-    if mode not in ("r", "rw", "r+"):
-        raise_code("usage.argument", f"mode must be 'r' or 'rw', not {mode!r}")
-    writable = mode != "r"
-    if isinstance(target, BlockDevice):
-        return Image(target, writable, key=key)
-    if isinstance(target, (bytes, bytearray)):
-        return Image(MemoryDevice(bytes(target)), writable, key=key)
-    path = os.fspath(target)
-    if not os.path.exists(path):
-        raise_code("io.error", f"{path}: no such file")
-    dev = FileDevice(path, writable=writable)
-    try:
-        # A fixed-capacity image stays fixed: its header says so.
-        head = dev.read(0, fmt.SECTOR)
-        if len(head) == fmt.SECTOR and head[:8] == fmt.MAGIC and int.from_bytes(head[40:48], "little"):
-            dev.make_fixed()
-        return Image(dev, writable, key=key, path=path)
-    except BaseException:
-        dev.close()
-        raise

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from .crypto import Key
-from .image import create
+from .opening import create
 
 __all__ = ["measure"]
 

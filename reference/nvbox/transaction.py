@@ -24,15 +24,20 @@ one thing the next commit slot records or does:
 
 The image and the library's other modules (snapshots, compaction, key slots,
 repair) change these through the methods below, which also set ``changed``.
-A ``Transaction`` does no I/O; ``Image`` commits it (R-commit-1) and starts a
-fresh one after every commit and after every failure (R-commit-4).
+``write_commit`` writes what the transaction carries and the next commit slot
+(R-commit-1), through the public methods of the trees and the cluster store;
+``Image`` calls it, and starts a fresh transaction after every commit and
+after every failure (R-commit-4).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from . import _format as fmt
+from ._tree import NULL, Blob
+from .errors import raise_code
 
 __all__ = ["Transaction", "DirState"]
 
@@ -106,3 +111,64 @@ class Transaction:
     def pending(self) -> bool:
         """True when committing would write something."""
         return self.changed or self.gathered is not None
+
+    # -- the commit (R-commit-1) ------------------------------------------------------------------
+
+    def write_commit(self, trees, store, slot: fmt.Slot, mac=None) -> fmt.Slot:
+        """Write this transaction on top of the durable ``slot``: its trees, the
+        snapshot and key slot tables it changed, the refcounts, flush, the new
+        slot, flush.  Returns the new slot (durable on return).  ``mac`` signs
+        the slot of an encrypted image.  Gathered writes must be applied first."""
+        assert self.gathered is None, "gathered writes are applied before the transaction ends"
+        d = self.directory
+        dir_root = trees.flush_dir(d.dir_root, d.dir_depth - 1) if d.dir_depth else NULL
+        snaptable = slot.snaptable_root, slot.snaptable_depth, slot.snaptable_size
+        if self.snapshots_dirty:
+            snaptable = self._write_snapshot_table(trees, slot)
+        keyslots = self.keyslots_moved or slot.keyslots
+        if self.keyslot_table is not None:
+            raw = fmt.encode_keyslots(list(self.keyslot_table), fmt.Geometry(store.geo.cluster_bits, True))
+            new_table = store.write_cluster(store.allocate(1), 0, raw)
+            store.decref(keyslots)
+            keyslots = new_table
+        store.flush_refcounts()
+        if self.shrink:
+            store.shrink_to_fit()
+        end = store.image_clusters << store.geo.cluster_bits
+        if store.dev.size() < end:
+            store.dev.truncate(end)
+        new = fmt.Slot(
+            generation=slot.generation + 1,
+            incompatible_features=slot.incompatible_features,
+            compatible_features=slot.compatible_features,            # R-feature-2: kept
+            autoclear_features=slot.autoclear_features & fmt.KNOWN_AUTOCLEAR,  # R-feature-3
+            image_clusters=store.image_clusters,
+            blob_count=d.blob_count,
+            next_snapshot_id=self.next_snapshot_id,
+            commit_time=int(time.time()),
+            refcount_depth=store.refcount_depth,
+            dir_depth=d.dir_depth,
+            snaptable_depth=snaptable[1],
+            snapshot_count=len(self.snapshots) if self.snapshots is not None else slot.snapshot_count,
+            snaptable_size=snaptable[2],
+            refcount_root=store.refcount_root,
+            dir_root=dir_root,
+            snaptable_root=snaptable[0],
+            keyslots=keyslots,
+            alloc_hint=store.alloc_hint(),
+        )
+        store.write_slot(new, mac)
+        return new
+
+    def _write_snapshot_table(self, trees, slot: fmt.Slot) -> tuple:
+        """The snapshot table rewritten from ``snapshots``: (root, depth, size)."""
+        if not slot.snaptable_root.is_null:
+            trees.drop_map(slot.snaptable_root, slot.snaptable_depth, data_kind=fmt.KIND_SNAPDATA)
+        raw = fmt.encode_snapshot_table(self.snapshots, trees.geo.pointer_size)
+        if not raw:
+            return NULL, 0, 0
+        if len(raw) > fmt.MAX_SNAPTABLE:
+            raise_code("snapshot.limit", "the snapshot table would exceed 2 MiB")
+        holder = Blob("snapshot-table", 0, None)
+        trees.map_write(holder, 0, raw, data_kind=fmt.KIND_SNAPDATA)
+        return trees.flush_map(holder.root, holder.depth), holder.depth, len(raw)

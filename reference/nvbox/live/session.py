@@ -50,7 +50,8 @@ import time
 
 from .. import _format as fmt
 from ..errors import NvboxError, error_class, raise_code
-from ..image import BlobStat, Image, open_image
+from ..image import BlobStat, Image
+from ..opening import open_image
 
 __all__ = ["LiveSession", "SnapshotReader", "errno_of", "ERRNO_BY_CODE"]
 
