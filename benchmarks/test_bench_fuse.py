@@ -137,7 +137,8 @@ def per_round_ratio(times: dict, a: str, b: str) -> float:
 
 def strace_count(pid_or_cmd, calls=("fsync", "fdatasync")) -> tuple:
     """(strace process, output file) counting ``calls`` of a running process."""
-    out = tempfile.mktemp(prefix="nvbox-strace-")
+    fd, out = tempfile.mkstemp(prefix="nvbox-strace-")
+    os.close(fd)
     proc = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=" + ",".join(calls), "-o", out,
                              "-p", str(pid_or_cmd)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)         # attached
