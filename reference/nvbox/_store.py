@@ -120,6 +120,10 @@ class ClusterStore:
         self._tail_left = 0
         # Counts changed since the refcount tree last took them (flush_refcounts).
         self._unapplied: set[int] = set()
+        # The durable refcount block durable_count read last, as (index, counts):
+        # allocation and copy-on-write ask for neighbouring clusters' counts, one
+        # call each, and the durable tree cannot change before the next reset().
+        self._last_block: tuple = (None, None)
         # Refcount nodes copied in this transaction: block index -> counts, and
         # (level, index) -> pointer list, with the cluster each will occupy.
         self._ref_leaves: dict[int, array] = {}
@@ -266,8 +270,12 @@ class ClusterStore:
     def durable_count(self, index: int) -> int:
         if index >= self.durable.image_clusters:
             return 0
-        block = self.durable_block(index // self.geo.counts_per_block)
-        return 0 if block is None else block[index % self.geo.counts_per_block]
+        k, j = divmod(index, self.geo.counts_per_block)
+        last, block = self._last_block
+        if k != last:
+            block = self.durable_block(k)
+            self._last_block = (k, block)
+        return 0 if block is None else block[j]
 
     def durable_used(self) -> int:
         """How many clusters have a non-zero durable count: a refcount block at a
