@@ -1098,23 +1098,23 @@ def acceptable(c) -> None:
     rb = e.find("refblock").index
     e.poke_raw(rb * CS + 300, b"\x01")
     c.read_acceptable("refcount", "i_refcount_block-checksum", "A refcount block fails its checksum; a reader need not read the refcount tree",
-                      ["R-ptr-3", "R-ref-1"], e.bytes(), m.logical(), ["cluster.checksum"], L)
+                      ["R-ptr-3", "R-ref-1", "R-read-1"], e.bytes(), m.logical(), ["cluster.checksum"], L)
     e = ed_of(raw)
     tailn = e.blob_node("c/multi", first_cluster=5)
     e.poke_cluster(tailn.index, CS - 1, b"\x01")
     c.read_acceptable("map", "i_map_tail-bytes-non-zero", "Non-zero bytes after the blob's end in its last cluster",
-                      ["R-map-3"], e.bytes(), m.logical(), ["map.tail"], L)
+                      ["R-map-3", "R-read-1"], e.bytes(), m.logical(), ["map.tail"], L)
     e = ed_of(raw)
     mapn = e.blob_node("c/multi", "map").index
     extra = e.blob_node("b/one").index
     off = mapn * CS + 10 * 16
     e.poke(off, struct.pack("<QI", extra * CS, e.layout.nodes[extra].parents[0] and struct.unpack_from("<I", e.data, e.layout.nodes[extra].parents[0].crc_at[0])[0]) + bytes(4))
     c.read_acceptable("map", "i_map_pointer-beyond-size", "A non-null map pointer beyond the blob's last cluster",
-                      ["R-map-3"], e.bytes(), m.logical(), ["map.tail", "pointer.cycle"], L)
+                      ["R-map-3", "R-read-1"], e.bytes(), m.logical(), ["map.tail", "pointer.cycle"], L)
     e = ed_of(raw)
     e.set_slot("blob_count", 9)
     c.read_acceptable("directory", "i_dir_blob-count-wrong", "blob_count 9 while the directory holds 5 entries",
-                      ["R-dir-1", "R-dir-7", "R-check-1"], e.bytes(), m.logical(), ["directory.entry"], L)
+                      ["R-dir-1", "R-dir-7", "R-check-1", "R-read-1"], e.bytes(), m.logical(), ["directory.entry"], L)
     # i_slot_alloc-hint-above-free retired: readers ignore the hint (R-alloc-6), so it is
     # read-valid/slot/y_slot_alloc-hint-above-free now (cases_settled.py).
 
