@@ -75,6 +75,8 @@ TEETH = {
     "no-keyslot-checks": [f"{RI}/crypto/*keyslots*"],
     "no-key-checks": [f"{RI}/crypto/*key-*"],
     "no-key-file-minimum": [f"{RI}/crypto/*key-file-short*"],
+    "header-fields-reordered": [f"{RI}/header/n_header_order-*"],
+    "extension-required-last": [f"{RI}/header/*ext-order-*"],
     "no-damaged-slot-report": ["check/corrupt/*slot-damaged*", "check/crypto/*slot-damaged*"],
 }
 

@@ -73,6 +73,8 @@ BEHAVIOUR = {
     "check-leaks-ignored": "check reports leaks as clean",
     "refcount-wrap": "a count above 65535 wraps instead of failing with refcount.overflow",
     "no-key-file-minimum": "a key file of fewer than 16 bytes is used like any other",
+    "header-fields-reordered": "refcount_order, then cluster_bits, are checked before the other header fields",
+    "extension-required-last": "the required flag of unknown extensions is looked at only after every record is well formed",
 }
 
 VARIANTS = sorted(set(SUPPRESS) | set(BEHAVIOUR))
@@ -228,6 +230,55 @@ def _der_minimality() -> None:
     _der.as_integer = as_integer
 
 
+def _header_fields_reordered() -> None:
+    """An implementation that checks the header fields in another order than R-header-9's."""
+    from nvbox import _format as fmt
+    from nvbox.errors import raise_code
+    real = fmt.decode_header
+
+    def decode_header(raw):
+        if len(raw) >= fmt.HEADER_AREA and raw[:8] == fmt.MAGIC and \
+                int.from_bytes(raw[508:512], "little") == fmt.crc32c(raw[:508]):
+            if raw[17] != fmt.REFCOUNT_ORDER:
+                raise_code("header.field", "refcount_order (checked first)")
+            if not fmt.MIN_CLUSTER_BITS <= raw[16] <= fmt.MAX_CLUSTER_BITS:
+                raise_code("header.cluster_size", "cluster_bits (checked second)")
+        return real(raw)
+    fmt.decode_header = decode_header
+
+
+def _extension_required_last() -> None:
+    """An implementation that validates every extension record before it looks at any
+    record's required flag (R-header-10/11 check each record completely, in order)."""
+    from nvbox import _format as fmt
+    from nvbox.errors import NvboxError
+    real = fmt.decode_header
+
+    def without_required(raw):
+        out = bytearray(raw)
+        pos = int.from_bytes(raw[12:16], "little")
+        while 128 <= pos <= 500:
+            ext_type, flags, length = int.from_bytes(raw[pos:pos + 2], "little"), raw[pos + 2], \
+                int.from_bytes(raw[pos + 4:pos + 8], "little")
+            if ext_type == fmt.EXT_END:
+                break
+            if ext_type not in fmt.KNOWN_EXTENSIONS:
+                out[pos + 2] = flags & ~fmt.EXT_REQUIRED
+            pos += 8 + (length + 7) // 8 * 8
+        out[508:512] = fmt.crc32c(bytes(out[:508])).to_bytes(4, "little")
+        return bytes(out)
+
+    def decode_header(raw):
+        try:
+            return real(raw)
+        except NvboxError as exc:
+            if exc.code != "header.extension_required":
+                raise
+            real(without_required(raw))   # a later malformed record is reported instead
+            raise
+    fmt.decode_header = decode_header
+
+
 def _check_verdict(kind: str) -> None:
     from nvbox import check
 
@@ -275,6 +326,10 @@ def apply(variant: str) -> None:
         _check_verdict("leaks-ignored")
     elif variant == "refcount-wrap":
         _refcount_wrap()
+    elif variant == "header-fields-reordered":
+        _header_fields_reordered()
+    elif variant == "extension-required-last":
+        _extension_required_last()
     elif variant == "no-key-file-minimum":
         from nvbox import crypto
         crypto.MIN_KEY_FILE = 0
