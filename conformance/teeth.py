@@ -77,6 +77,7 @@ TEETH = {
     "no-key-file-minimum": [f"{RI}/crypto/*key-file-short*"],
     "header-fields-reordered": [f"{RI}/header/n_header_order-*"],
     "extension-required-last": [f"{RI}/header/*ext-order-*"],
+    "keyslots-before-key": [f"{RI}/crypto/*key-missing*"],
     "no-damaged-slot-report": ["check/corrupt/*slot-damaged*", "check/crypto/*slot-damaged*"],
 }
 

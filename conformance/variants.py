@@ -75,6 +75,7 @@ BEHAVIOUR = {
     "no-key-file-minimum": "a key file of fewer than 16 bytes is used like any other",
     "header-fields-reordered": "refcount_order, then cluster_bits, are checked before the other header fields",
     "extension-required-last": "the required flag of unknown extensions is looked at only after every record is well formed",
+    "keyslots-before-key": "the key slot table is read and validated before a missing key is reported",
 }
 
 VARIANTS = sorted(set(SUPPRESS) | set(BEHAVIOUR))
@@ -279,6 +280,19 @@ def _extension_required_last() -> None:
     fmt.decode_header = decode_header
 
 
+def _keyslots_before_key() -> None:
+    from nvbox import crypto
+    real = crypto.unlock
+
+    def unlock(image, slot, key):
+        if key is None:   # R-slot-7 step 4 says key.missing comes first
+            raw = crypto._read_table_unchecked(image, slot)
+            crypto._check_table_bytes(raw, slot.keyslots, 1 << image.header.cluster_bits)
+            crypto._decode_table(raw)
+        return real(image, slot, key)
+    crypto.unlock = unlock
+
+
 def _check_verdict(kind: str) -> None:
     from nvbox import check
 
@@ -330,6 +344,8 @@ def apply(variant: str) -> None:
         _header_fields_reordered()
     elif variant == "extension-required-last":
         _extension_required_last()
+    elif variant == "keyslots-before-key":
+        _keyslots_before_key()
     elif variant == "no-key-file-minimum":
         from nvbox import crypto
         crypto.MIN_KEY_FILE = 0
