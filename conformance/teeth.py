@@ -78,6 +78,9 @@ TEETH = {
     "header-fields-reordered": [f"{RI}/header/n_header_order-*"],
     "extension-required-last": [f"{RI}/header/*ext-order-*"],
     "keyslots-before-key": [f"{RI}/crypto/*key-missing*"],
+    "old-readings": [f"{RI}/der/*utf8*", f"{RI}/directory/*name-empty*", f"{RI}/directory/*low-key-16*",
+                     f"{RI}/crypto/*keyslots-checksum*", f"{RI}/snapshot/*name-*", f"{RI}/snapshot/*metadata-1025*",
+                     f"{RI}/snapshot/*root-width*"],
     "no-damaged-slot-report": ["check/corrupt/*slot-damaged*", "check/crypto/*slot-damaged*"],
 }
 

@@ -76,7 +76,22 @@ BEHAVIOUR = {
     "header-fields-reordered": "refcount_order, then cluster_bits, are checked before the other header fields",
     "extension-required-last": "the required flag of unknown extensions is looked at only after every record is well formed",
     "keyslots-before-key": "the key slot table is read and validated before a missing key is reported",
+    "old-readings": "the codes the spec's older text also allowed: NUL or bad UTF-8 in a name is directory.entry, an "
+                    "empty name der.malformed, a 16-byte lowKey directory.order, a key table CRC cluster.checksum, a "
+                    "stored snapshot name/metadata out of bounds snapshot.name/snapshot.metadata",
 }
+
+#: old-readings: (code, words of the reference's message, the code the older text also allowed)
+OLD_READINGS = [
+    ("der.malformed", "NUL in UTF8String", "directory.entry"),
+    ("der.malformed", "invalid UTF-8", "directory.entry"),
+    ("directory.entry", "name of 0 bytes", "der.malformed"),
+    ("directory.entry", "lowKey of", "directory.order"),
+    ("key.slot_damaged", "does not match its checksum", "cluster.checksum"),
+    ("snapshot.table", "snapshot name length", "snapshot.name"),
+    ("snapshot.table", "metadata above", "snapshot.metadata"),
+    ("snapshot.table", "wrong pointer width", "directory.entry"),
+]
 
 VARIANTS = sorted(set(SUPPRESS) | set(BEHAVIOUR))
 
@@ -293,6 +308,22 @@ def _keyslots_before_key() -> None:
     crypto.unlock = unlock
 
 
+def _old_readings() -> None:
+    from nvbox import errors
+    real = errors.raise_code
+
+    def raise_code(code, message="", **details):
+        for old, words, other in OLD_READINGS:
+            if code == old and words in (message or ""):
+                code = other
+                break
+        return real(code, message, **details)
+
+    for mod in _all_modules():
+        if getattr(mod, "raise_code", None) is real:
+            mod.raise_code = raise_code
+
+
 def _check_verdict(kind: str) -> None:
     from nvbox import check
 
@@ -344,6 +375,8 @@ def apply(variant: str) -> None:
         _header_fields_reordered()
     elif variant == "extension-required-last":
         _extension_required_last()
+    elif variant == "old-readings":
+        _old_readings()
     elif variant == "keyslots-before-key":
         _keyslots_before_key()
     elif variant == "no-key-file-minimum":
