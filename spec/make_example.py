@@ -222,6 +222,14 @@ class Walk:
     def cluster(self, c: int) -> bytes:
         return self.raw[c * CLUSTER_SIZE:(c + 1) * CLUSTER_SIZE]
 
+    def read_map(self, root, depth, size) -> bytes:
+        """The ``size`` bytes a cluster map holds (holes read as zeros)."""
+        walk = Visitor(lambda ptr, kind: self.cluster(ptr.offset // CLUSTER_SIZE), self.geo,
+                       self.slot.image_clusters)
+        data = {r.index: self.cluster(r.cluster) for r in walk.cluster_map(root, depth, size, "read")
+                if r.kind == "data"}
+        return b"".join(data.get(i, bytes(CLUSTER_SIZE)) for i in range(-(-size // CLUSTER_SIZE)))[:size]
+
     def counts(self) -> list[int]:
         """Stored counts, read through the refcount tree (section 7 lookup)."""
         out = []

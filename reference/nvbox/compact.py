@@ -95,7 +95,7 @@ class _Relocator:
         """Relocate the directory tree whose root (at ``level``) is ``ptr``, its
         blobs' maps and data; return the root's new pointer."""
         geo = self.img.geo
-        for r in self.walk.directory(ptr, level + 1, "compact"):
+        for r in self.walk.directory(ptr, level + 1, "compaction"):
             if not r.first:
                 continue    # placed already (memo)
             if r.kind == "data":
