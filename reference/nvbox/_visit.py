@@ -257,7 +257,8 @@ class Visitor:
         Checks the key ranges of R-dir-2 and, given ``blob_count``, that the
         tree holds that many entries (when nothing was found wrong so far:
         damage makes the count meaningless)."""
-        label = "directory" if owner == "active" else f"snapshot {owner.partition(':')[2]!r}"
+        label = ("directory" if owner == "active" else
+                 f"snapshot {owner.partition(':')[2]!r}" if owner.startswith("snapshot:") else owner)
         stack = [("enter", root, depth - 1, b"", None, None)]
         while stack:
             frame = stack.pop()
