@@ -27,7 +27,7 @@ from .check import damaged_slots
 from .errors import NvboxError
 from .opening import open_image
 
-__all__ = ["dump_image", "render_dump"]
+__all__ = ["dump_image", "format_time", "render_dump"]
 
 
 def _hex(b) -> str:
@@ -41,7 +41,8 @@ def _zero_range(b) -> dict:
     return d
 
 
-def _time(t) -> str:
+def format_time(t) -> str:
+    """Seconds since the epoch as UTC text ("-" for 0), as nvbox dump and info print them."""
     if not t:
         return "-"
     try:
@@ -110,7 +111,7 @@ class _Dumper:
              "checks": {"magic_ok": values["magic"] == fmt.MAGIC,
                         "crc_ok": fmt.crc32c(area[:fmt.HEADER["header_crc"].offset]) == values["header_crc"]},
              "decoded": {"image_uuid": str(uuid.UUID(bytes=values["image_uuid"])),
-                         "create_time": _time(values["create_time"])}}
+                         "create_time": format_time(values["create_time"])}}
         h["extensions"] = self._extensions(area, hl)
         doc["header"] = h
         slots, valid = [], []
@@ -128,7 +129,7 @@ class _Dumper:
                 "state": "valid" if is_valid else "damaged" if fmt.nonzero(raw) else "empty",
                 "fault": fmt.slot_fault(raw, index),
                 "fields": _fields(fmt.SLOT, raw, width=width),
-                "decoded": {"commit_time": _time(f["commit_time"]),
+                "decoded": {"commit_time": format_time(f["commit_time"]),
                             "encrypted": bool(f["incompatible_features"] & fmt.INCOMPAT_ENCRYPTED),
                             "pointer_width": width},
             })
@@ -345,7 +346,7 @@ class _Dumper:
             if r.extra:
                 fields["extensions"] = _hex(r.extra)
             out.append({"type": "Snapshot", "offset": absolute(pos), "table_offset": pos, "length": ce - pos,
-                        "fields": fields, "decoded": {"createTime": _time(r.create_time)}})
+                        "fields": fields, "decoded": {"createTime": format_time(r.create_time)}})
         t["records"] = out
         for r in records:
             if r.dir_depth:
