@@ -26,7 +26,7 @@ a bound that does not depend on how loaded the machine is:
   blob, goes past it (the worst of the 100,000 inputs in docs/RELIABILITY.md read
   1.17 per pass);
 - ``CPU_LIMIT`` seconds of this process's CPU time (the slowest of those took
-  62 ms), where the input is stopped: time other processes take on a busy
+  54 ms), where the input is stopped: time other processes take on a busy
   machine does not count;
 - a ``tracemalloc`` peak of 64 MiB or more.
 
