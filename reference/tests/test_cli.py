@@ -3,7 +3,6 @@ CliRunner, a few through ``python -m nvbox`` in a subprocess."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -16,8 +15,6 @@ from click.testing import CliRunner
 import nvbox
 from nvbox import _format as fmt
 from nvbox.cli import cli, collect_files, dump_image, human_size, measure_paths
-
-HAVE_CRYPTO = importlib.util.find_spec("nvbox.crypto") is not None
 
 
 def run(*args, input=None, env=None):
@@ -85,16 +82,6 @@ def test_create_encrypt_without_key_is_key_missing(tmp_path, monkeypatch):
     r = run("create", "--encrypt", tmp_path / "x.nvbox")
     assert r.exit_code == 1 and error_line(r).startswith("nvbox: error: key.missing: ")
     assert not (tmp_path / "x.nvbox").exists()
-
-
-@pytest.mark.skipif(HAVE_CRYPTO, reason="nvbox.crypto is installed")
-def test_key_options_without_crypto(tmp_path, img):
-    kf = tmp_path / "k.bin"
-    kf.write_bytes(os.urandom(32))
-    r = run("ls", "--key-file", kf, img)
-    assert r.exit_code == 1 and error_line(r).startswith("nvbox: error: feature.incompatible: ")
-    r = run("ls", img, env={"NVBOX_PASSPHRASE": "secret"})
-    assert r.exit_code == 1 and "feature.incompatible" in error_line(r)
 
 
 def test_key_options_exclusive(tmp_path, img):
