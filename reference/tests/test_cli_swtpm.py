@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -76,7 +78,18 @@ def _files(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
-def test_swtpm_state_directory_round_trip(tmp_path):
+@pytest.fixture
+def sockets():
+    """A short directory for the unix sockets (sun_path holds 108 bytes; pytest's
+    tmp_path can be longer)."""
+    path = tempfile.mkdtemp(prefix="nvbox-swtpm-", dir="/tmp")
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_swtpm_state_directory_round_trip(tmp_path, sockets):
     state, image = tmp_path / "tpm", tmp_path / "vm.nvbox"
     state.mkdir()
     subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state)], check=True, capture_output=True,
@@ -87,7 +100,7 @@ def test_swtpm_state_directory_round_trip(tmp_path):
     assert doc["blobs"] == ["tpm2-00.permall"]                  # not the lock file
     ok("snapshot", "create", image, "provisioned")
 
-    tpm = Swtpm(state, tmp_path)
+    tpm = Swtpm(state, sockets)
     try:
         tpm.tool("tpm2_nvdefine", INDEX, "-C", "o", "-s", "32", "-a", "ownerread|ownerwrite")
         (tmp_path / "secret").write_bytes(b"s" * 32)
@@ -110,7 +123,7 @@ def test_swtpm_state_directory_round_trip(tmp_path):
     assert _files(state) == [".lock", "tpm2-00.permall"]
     assert os.stat(state / "tpm2-00.permall").st_mode & 0o777 == 0o600
 
-    tpm = Swtpm(state, tmp_path)
+    tpm = Swtpm(state, sockets)
     try:
         r = tpm.tool("tpm2_nvread", INDEX, "-C", "o", "-s", "32", check=False)
         assert r.returncode != 0                                 # the index defined after the snapshot is gone
