@@ -13,7 +13,6 @@ F`` or the environment variable ``NVBOX_PASSPHRASE``.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
@@ -25,6 +24,7 @@ import click
 import nvbox
 
 from . import crypto
+from .dump import format_time
 from .errors import NvboxError, raise_code
 
 __all__ = [
@@ -201,15 +201,6 @@ def human_size(n) -> str:
             text = f"{n:.1f}".rstrip("0").rstrip(".")
             return f"{text} {unit}"
     return f"{n} B"  # pragma: no cover
-
-
-def format_time(t) -> str:
-    if not t:
-        return "-"
-    try:
-        return datetime.datetime.fromtimestamp(int(t), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return str(t)
 
 
 _SIZE_RE = re.compile(r"[0-9.]+ (B|[KMGTPE]iB)")
