@@ -151,7 +151,7 @@ def open_image(target, mode: str = "r", *, key=None) -> Image:
     try:
         # A fixed-capacity image stays fixed: its header says so.
         head = dev.read(0, fmt.SECTOR)
-        if len(head) == fmt.SECTOR and head[:8] == fmt.MAGIC and int.from_bytes(head[40:48], "little"):
+        if len(head) == fmt.SECTOR and head[:8] == fmt.MAGIC and fmt.nonzero(head[fmt.HEADER.span("capacity_clusters")]):
             dev.make_fixed()
         return Image(dev, writable, key=key, path=path)
     except BaseException:
