@@ -215,6 +215,25 @@ def check_kinds(c) -> None:
             "A blob's data pointer names the snapshot table's data cluster (counts adjusted): two kinds of one cluster",
             ["R-check-1", "R-ref-6"], e.bytes(), "corrupt")
 
+    # A map level counts: a level-1 map node of one blob named as the level-2 root of another.
+    # "c" sorts first, so check meets the node as level 1 before the clash (and never descends
+    # into it as level 2); every count is made to agree, so only the levels are wrong.
+    raw, _ = build("map-levels", [put("c", pattern(6 * CS + 1, "c")), write("m/two-level", 20000, pattern(CS + 10, "t"))], CS)
+    e = ed_of(raw)
+    node = e.blob_node("c", "map").index
+    old = [n.index for n in e.nodes.values() if n.info.get("blob") == "m/two-level"]
+    lf = e.find("dir", owner="active", level=0).index
+    body, kids = entry_kids(e, lf)
+    root = entry_named(kids, "m/two-level").kids[2].kids[1]
+    root.content = struct.pack("<QI", node * CS, fmt.crc32c(bytes(e.data[node * CS:(node + 1) * CS]))) + root.content[12:]
+    e.set_dir_node(lf, body)
+    set_count(e, node, get_count(e, node) + 1)
+    for i in old:
+        set_count(e, i, 0)
+    c.check("corrupt", "k_corrupt_map-node-at-two-levels",
+            "A blob's depth-2 root names another blob's level-1 map node (counts adjusted): a map level is part of its kind",
+            ["R-check-1", "R-ref-6"], e.bytes(), "corrupt")
+
 
 # -- part 2: a damaged commit slot is reported by check (R-check-3) --------------------------------
 
