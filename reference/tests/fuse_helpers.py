@@ -64,7 +64,9 @@ def refused_mount(image, mountpoint, *options, **kw) -> subprocess.CompletedProc
     """``nvbox mount`` (in the background) that the test expects to fail; should
     it mount after all, the mount is undone before the test goes on."""
     try:
-        return run_nvbox("mount", *options, image, mountpoint, check=False, **kw)
+        # Its own log file: the default one would be left in the user's runtime directory.
+        return run_nvbox("mount", "--log-file", f"{mountpoint}.refused.log", *options, image, mountpoint,
+                         check=False, **kw)
     finally:
         if mounted_image(mountpoint) is not None:
             stop_background_mount(image, mountpoint)

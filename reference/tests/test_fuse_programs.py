@@ -5,6 +5,7 @@ the middle of fsync'ed writes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 import nvbox
 from nvbox.check import check_image
+from nvbox.live import control
 
 from fuse_helpers import Mount, Swtpm, fuse_missing, fusermount_u, run_nvbox
 
@@ -137,6 +139,8 @@ def test_kill_9_during_fsynced_writes_loses_nothing_fsynced(tmp_path):
         m.proc.wait(timeout=30)
         fusermount_u(mnt)
         m.stop()
+        with contextlib.suppress(FileNotFoundError):     # the killed session's socket
+            os.unlink(control.socket_path(image))
     assert done >= 40
     with nvbox.open(image) as img:
         data = img["log"]
