@@ -148,8 +148,9 @@ def render(crash, faults, fuzz, conc, full) -> str:
         "flushes (all of them up to 10 writes, 64 sampled beyond; full mode 12/256), every write torn at a "
         "512-byte sector with the rest old, zeros or garbage.  Each state opens read-only, reads (all blobs, "
         "every snapshot's blobs and metadata, which keys open an encrypted image) as the state before or "
-        "after the operation in flight (the final state once it returned), and `check` finds it *clean*: no "
-        "corruption and no leaks.  Operations: put, inline put, overwrite, partial write, extending write, "
+        "after the operation in flight (the final state once it returned), and `check` finds its trees "
+        "*clean*: no corruption and no leaks (a commit slot torn into garbage is reported as `slot.damaged`, "
+        "R-check-3, until the next commit; the test sets that one finding aside).  Operations: put, inline put, overwrite, partial write, extending write, "
         "truncate (map and to inline), delete, transaction, snapshot create/revert/delete, compact, key "
         "add/remove; B3-style sequences of two and three of them; small, multi-level (two-level directory, "
         "map depth 2, two-level refcount tree) and encrypted images.",
