@@ -41,6 +41,17 @@ WALK_JS = Path(__file__).resolve().parent / "walk.js"
 # design: its newer slot is torn (bad slot_crc), which only a CRC check can see.
 CRC_ONLY = {"read-valid/slot/y_slot_newer-torn-older-valid/image.nvbox"}
 
+# Images that JavaScript rejects at a later field than Python, because a value it
+# checks lies past 2^53, where kaitai-struct's JavaScript runtime (u8 as a Number)
+# cannot hold it exactly.  Both still reject the image with the same error class.
+JS_PAST_2_53 = {
+    # A data cluster read as a map node (the node is named at two levels): its first
+    # "pointer" has offset 0xc60328f7d9921b43, which rounds to a multiple of 2048 as
+    # a double, so the alignment check (seq/0) passes in JavaScript and the range
+    # check (seq/1) rejects it instead.
+    "check/corrupt/k_corrupt_map-node-at-two-levels/image.nvbox": ("/types/pointer/seq/0", "/types/pointer/seq/1"),
+}
+
 
 def _make(*args):
     proc = subprocess.run(["make", "-s", "-C", str(KSY_DIR), *args, f"PY={sys.executable}"],
@@ -77,7 +88,13 @@ def test_javascript_reads_the_corpus_like_python(ksy, js_build):
     paths = sorted(CASES.rglob("*.nvbox"))
     assert len(paths) > 300
     py, js = py_outcomes(ksy, paths), js_outcomes(paths)
-    differ = [p for p in py if py[p] != js[p]]
+    def same(p):
+        rel = Path(p).relative_to(CASES).as_posix()
+        if rel in JS_PAST_2_53:
+            py_path, js_path = JS_PAST_2_53[rel]
+            return py[p] == {**js[p], "path": py_path} and js[p]["path"] == js_path
+        return py[p] == js[p]
+    differ = [p for p in py if not same(p)]
     assert not differ, "\n".join(f"{p}:\n  python {py[p]}\n  js     {js[p]}" for p in differ[:5])
     # The walk has teeth: every read-valid image but the CRC-only one is read whole, and
     # the read-invalid cases the descriptors can see are rejected.
