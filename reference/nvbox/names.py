@@ -20,7 +20,12 @@ from __future__ import annotations
 from . import _format as fmt
 from .errors import raise_code
 
-__all__ = ["check_path_safe", "path_problem", "path_parts"]
+__all__ = ["MAX_NAME", "check_name", "check_path_safe", "path_problem", "path_parts"]
+
+# The spec's own rule (section 14), public here for code above the library
+# (the live servers) that must not reach into the format module.
+MAX_NAME = fmt.MAX_NAME
+check_name = fmt.check_name
 
 
 def path_problem(name: str) -> str | None:

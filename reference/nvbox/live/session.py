@@ -48,9 +48,9 @@ import os
 import threading
 import time
 
-from .. import _format as fmt
 from ..errors import NvboxError, error_class, raise_code
 from ..image import BlobStat, Image
+from ..names import MAX_NAME, check_name
 from ..opening import open_image
 
 __all__ = ["LiveSession", "SnapshotReader", "errno_of", "ERRNO_BY_CODE"]
@@ -95,11 +95,11 @@ def errno_of(exc: BaseException) -> int:
 
 
 def check_blob_name(name: str) -> str:
-    """``fmt.check_name`` with the too-long case marked, so it maps to ENAMETOOLONG."""
-    if isinstance(name, str) and len(name.encode("utf-8", "surrogateescape")) > fmt.MAX_NAME:
+    """``check_name`` with the too-long case marked, so it maps to ENAMETOOLONG."""
+    if isinstance(name, str) and len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
         raise_code("blob.name", f"a name of {len(name.encode('utf-8', 'surrogateescape'))} bytes; "
-                                f"at most {fmt.MAX_NAME}", too_long=True)
-    return fmt.check_name(name)
+                                f"at most {MAX_NAME}", too_long=True)
+    return check_name(name)
 
 
 class _Change:
