@@ -62,6 +62,16 @@ function forTarget(doc) {
   return out;
 }
 
+// The compiler's JS API has no --go-package (the CLI's): its Go files start with `import`,
+// which Go rejects. All descriptors go into one package, `nvbox`, after the generated-code
+// comment (which must stay first for Go tools to see the file as generated).
+const GO_PACKAGE = 'nvbox';
+function withGoPackage(src) {
+  if (/^package /m.test(src)) return src;
+  const nl = src.startsWith('//') ? src.indexOf('\n') + 1 : 0;
+  return `${src.slice(0, nl)}\npackage ${GO_PACKAGE}\n\n${src.slice(nl)}`;
+}
+
 if (ksc.version !== '0.11.0') die(`expected kaitai-struct-compiler 0.11.0, found ${ksc.version}`);
 if (!ksc.languages.includes(target)) die(`unknown target ${target}; one of ${ksc.languages.join(', ')}`);
 
@@ -116,7 +126,7 @@ async function main() {
     for (const [fn, src] of Object.entries(files)) {
       if (!src) die(`${spec}: the compiler produced an empty ${fn}`);
       fs.mkdirSync(path.dirname(path.join(outDir, fn)), { recursive: true });
-      fs.writeFileSync(path.join(outDir, fn), src);
+      fs.writeFileSync(path.join(outDir, fn), target === 'go' ? withGoPackage(src) : src);
     }
     // Each target names its files its own way (nvbox.py, Nvbox.js, Nvbox.java, nvbox.h and
     // nvbox.cpp, src/nvbox.rs...): one of them must be named after the descriptor's id.

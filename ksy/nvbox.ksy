@@ -70,7 +70,7 @@ instances:
       `slot_crc` counts as valid here, not for a conforming reader).
     doc-ref: spec/nvbox.md#4-commit-slots [R-slot-3]
   active_slot:
-    pos: 512 + 512 * active_slot_index
+    pos: 512 + 512 * active_slot_index.as<s8>
     size: 512
     type: commit_slot(active_slot_index.as<u1>, true)
     doc: |
@@ -189,7 +189,7 @@ types:
       - id: extensions
         type: header_extension
         repeat: until
-        repeat-until: _.ext_type == ext_type::end_of_extensions.to_i
+        repeat-until: _.ext_type == ext_type::end_of_extensions.to_i.as<u2>
         doc: Extension records up to and including the end record.
         doc-ref: spec/nvbox.md#31-header-extensions [R-header-10]
     instances:
@@ -224,22 +224,22 @@ types:
       - id: ext_flags
         type: u2
         valid:
-          expr: (_ & 0xfffe) == 0 and (ext_type != ext_type::end_of_extensions.to_i or _ == 0)
+          expr: (_ & 0xfffe) == 0 and (ext_type != ext_type::end_of_extensions.to_i.as<u2> or _ == 0)
         doc: |
           Bit 0 `required`; bits 1-15 reserved. The end record is all zero.
       - id: ext_length
         type: u4
         valid:
           expr: |
-            _io.pos + _ + (8 - _ % 8) % 8 <= 508
-            and (ext_type != ext_type::end_of_extensions.to_i or _ == 0)
+            _io.pos + _.as<s8> + (8 - _.as<s8> % 8) % 8 <= 508
+            and (ext_type != ext_type::end_of_extensions.to_i.as<u2> or _ == 0)
         doc: Length of `ext_data`; record and padding end before byte 508.
       - id: ext_data
         size: ext_length
         valid:
           expr: |
-            ext_type == ext_type::creator.to_i ? _.size <= 64 :
-            (ext_type == ext_type::end_of_extensions.to_i or (ext_flags & 1) == 0)
+            ext_type == ext_type::creator.to_i.as<u2> ? _.size <= 64 :
+            (ext_type == ext_type::end_of_extensions.to_i.as<u2> or (ext_flags & 1) == 0)
         doc: |
           For `creator`, the UTF-8 name of the creating program, at most 64
           bytes (`creator_name`). An unknown extension with the `required`
@@ -247,7 +247,7 @@ types:
       - id: padding
         type: u1
         repeat: expr
-        repeat-expr: 'ext_type == ext_type::end_of_extensions.to_i ? 508 - _io.pos : (8 - ext_length % 8) % 8'
+        repeat-expr: 'ext_type == ext_type::end_of_extensions.to_i.as<u2> ? (508 - _io.pos).as<s8> : ((8 - ext_length.as<s8> % 8) % 8).as<s8>'
         valid: 0
         doc: |
           Zero padding of `ext_data` to a multiple of 8; after the end record,
@@ -257,7 +257,7 @@ types:
         value: (ext_flags & 1) != 0
       creator_name:
         value: ext_data.to_s("UTF-8")
-        if: ext_type == ext_type::creator.to_i
+        if: ext_type == ext_type::creator.to_i.as<u2>
         doc: The creator's name as text (decoded when read).
   commit_slot:
     doc: |
@@ -317,7 +317,7 @@ types:
       - id: refcount_depth
         type: u1
         valid:
-          expr: not check or (_ >= 1 and _ <= 6 and _ >= refcount_levels.depth + 1)
+          expr: not check or (_ >= 1 and _ <= 6 and _ >= refcount_levels.depth.as<u1> + 1)
         doc: Levels of the refcount tree; they must cover `image_clusters`.
         doc-ref: spec/nvbox.md#7-the-refcount-tree [R-ref-2]
       - id: dir_depth
@@ -341,7 +341,7 @@ types:
         valid:
           expr: |
             not check or (_ <= 2097152 and ((_ == 0) == (snapshot_count == 0))
-            and snaptable_depth == snaptable_levels.depth)
+            and snaptable_depth == snaptable_levels.depth.as<u1>)
         doc: Bytes of the DER snapshot table; its map depth must match.
         doc-ref: spec/nvbox.md#11-snapshots [R-snap-5] [R-map-1]
       - id: refcount_root
@@ -399,7 +399,7 @@ types:
       is_valid:
         value: |
           slot_magic == [0x4e, 0x56, 0x42, 0x58, 0x53, 0x4c, 0x4f, 0x54]
-          and generation >= 1 and generation.as<s8> % 2 == 1 - slot_index
+          and generation >= 1 and generation.as<s8> % 2 == 1 - slot_index.as<s8>
         doc: Slot validity of R-slot-2 except the CRC-32C.
         doc-ref: spec/nvbox.md#4-commit-slots [R-slot-2]
       check:
@@ -418,12 +418,12 @@ types:
       refcount_levels:
         pos: 0
         size: 0
-        type: 'fanout_levels((image_clusters + (_root.header.cluster_size / 2).as<u8> - 1) / (_root.header.cluster_size / 2).as<u8>, (_root.header.cluster_size / pointer_width).as<u8>)'
+        type: 'fanout_levels((image_clusters + (_root.header.cluster_size / 2).as<u8> - 1) / (_root.header.cluster_size / 2).as<u8>, (_root.header.cluster_size.as<u8> / pointer_width.as<u8>))'
         doc: Index levels needed above the refcount blocks.
       snaptable_levels:
         pos: 0
         size: 0
-        type: 'fanout_levels((snaptable_size + _root.header.cluster_size.as<u8> - 1) / _root.header.cluster_size.as<u8>, (_root.header.cluster_size / pointer_width).as<u8>)'
+        type: 'fanout_levels((snaptable_size + _root.header.cluster_size.as<u8> - 1) / _root.header.cluster_size.as<u8>, (_root.header.cluster_size.as<u8> / pointer_width.as<u8>))'
         doc: The cluster-map depth R-map-1 requires for `snaptable_size`.
       crc_input:
         pos: 0
@@ -449,15 +449,15 @@ types:
       - id: offset
         type: u8
         valid:
-          expr: num_clusters == 0 or _.as<s8> % _root.header.cluster_size == 0
+          expr: num_clusters == 0 or _.as<s8> % _root.header.cluster_size.as<s8> == 0
         doc: Byte offset of the cluster; 0 = null (`pointer.misaligned`).
       - id: crc
         type: u4
         valid:
           expr: |
             num_clusters == 0 or (offset == 0 ? _ == 0 :
-            offset.as<s8> / _root.header.cluster_size >= _root.header.header_clusters
-            and offset.as<s8> / _root.header.cluster_size < num_clusters.as<s8>)
+            offset.as<s8> / _root.header.cluster_size.as<s8> >= _root.header.header_clusters.as<s8>
+            and offset.as<s8> / _root.header.cluster_size.as<s8> < num_clusters.as<s8>)
         doc: |
           CRC-32C of the cluster as stored (ciphertext when encrypted). Its
           check also carries the range rule of the offset: a null pointer has
@@ -585,7 +585,7 @@ types:
         size: _root.pointer_width
         type: refcount_ref((level - 1).as<u1>)
         repeat: expr
-        repeat-expr: _root.cluster_size / _root.pointer_width
+        repeat-expr: _root.cluster_size.as<s8> / _root.pointer_width.as<s8>
         if: level > 1
       - id: padding
         type: u1
@@ -636,7 +636,7 @@ types:
         size: _root.pointer_width
         type: map_ref(level, node_offset, parent_offset, top_offset)
         repeat: expr
-        repeat-expr: _root.cluster_size / _root.pointer_width
+        repeat-expr: _root.cluster_size.as<s8> / _root.pointer_width.as<s8>
         if: level > 0
       - id: padding
         type: u1
@@ -703,7 +703,7 @@ types:
       - id: body_length
         type: u4
         valid:
-          max: _root.cluster_size - 16
+          max: (_root.cluster_size - 16).as<u4>
       - id: reserved1
         type: u4
         valid: 0
@@ -711,7 +711,7 @@ types:
         size: body_length
         type: dir_body(level)
         valid:
-          expr: _.num_elements == count
+          expr: _.num_elements.as<s8> == count.as<s8>
         doc: Exactly one DER SEQUENCE filling `body_length`.
       - id: padding
         type: u1
@@ -730,7 +730,7 @@ types:
       - id: len
         type: nvbox_der::length
         valid:
-          expr: _.value == _io.size - _io.pos
+          expr: _.value.as<s8> == _io.size - _io.pos
         doc: The SEQUENCE fills the body exactly (`der.malformed`).
       - id: entries
         type: dir_entry
@@ -772,8 +772,8 @@ types:
         valid:
           expr: |
             _.tag == 0x80
-            ? (_.len.value == _.blob_size and _.blob_size <= inline_max.as<u8>)
-            : _.clusters.depth.value == _.map_depth
+            ? (_.len.value.as<u8> == _.blob_size and _.blob_size <= inline_max.as<u8>)
+            : _.clusters.depth.value == _.map_depth.as<u8>
         doc: |
           Inline bytes (length = `size` <= `inline_max`) or a cluster map
           whose depth matches `size` (`directory.entry`, `map.depth`).
@@ -790,7 +790,7 @@ types:
       map_levels:
         pos: 0
         size: 0
-        type: 'fanout_levels((size.value + _root.cluster_size.as<u8> - 1) / _root.cluster_size.as<u8>, (_root.cluster_size / _root.pointer_width).as<u8>)'
+        type: 'fanout_levels((size.value + _root.cluster_size.as<u8> - 1) / _root.cluster_size.as<u8>, (_root.cluster_size.as<u8> / _root.pointer_width.as<u8>))'
       name_str:
         value: name.value
   blob_content:
@@ -887,7 +887,7 @@ types:
       - id: len
         type: nvbox_der::length
         valid:
-          expr: _.value == _io.size - _io.pos and _.value != 0
+          expr: _.value.as<s8> == _io.size - _io.pos and _.value != 0
         doc: |
           The SEQUENCE fills the table exactly; it is never empty (a table
           exists only when `snapshot_count` is not 0).
@@ -897,7 +897,7 @@ types:
         valid:
           expr: |
             _.body.id.value < _root.active_slot.next_snapshot_id
-            and (not _io.eof or snapshots.size == _root.active_slot.snapshot_count)
+            and (not _io.eof or snapshots.size.as<s8> == _root.active_slot.snapshot_count.as<s8>)
         doc: Ids below `next_snapshot_id`; the last one makes the count `snapshot_count`.
   snapshot:
     doc: |

@@ -128,21 +128,21 @@ types:
         doc: Bytes 2.. (at most 7).
     instances:
       acc2:
-        value: '(_io.size >= 2 ? byte0.as<u8> * 256 + byte1[0] : byte0).as<u8>'
+        value: '(_io.size >= 2 ? (byte0.as<u8> * 256 + byte1[0].as<u8>).as<u8> : byte0.as<u8>).as<u8>'
       acc3:
-        value: '(_io.size >= 3 ? acc2 * 256 + more[0] : acc2).as<u8>'
+        value: '(_io.size >= 3 ? (acc2 * 256 + more[0].as<u8>).as<u8> : acc2).as<u8>'
       acc4:
-        value: '(_io.size >= 4 ? acc3 * 256 + more[1] : acc3).as<u8>'
+        value: '(_io.size >= 4 ? (acc3 * 256 + more[1].as<u8>).as<u8> : acc3).as<u8>'
       acc5:
-        value: '(_io.size >= 5 ? acc4 * 256 + more[2] : acc4).as<u8>'
+        value: '(_io.size >= 5 ? (acc4 * 256 + more[2].as<u8>).as<u8> : acc4).as<u8>'
       acc6:
-        value: '(_io.size >= 6 ? acc5 * 256 + more[3] : acc5).as<u8>'
+        value: '(_io.size >= 6 ? (acc5 * 256 + more[3].as<u8>).as<u8> : acc5).as<u8>'
       acc7:
-        value: '(_io.size >= 7 ? acc6 * 256 + more[4] : acc6).as<u8>'
+        value: '(_io.size >= 7 ? (acc6 * 256 + more[4].as<u8>).as<u8> : acc6).as<u8>'
       acc8:
-        value: '(_io.size >= 8 ? acc7 * 256 + more[5] : acc7).as<u8>'
+        value: '(_io.size >= 8 ? (acc7 * 256 + more[5].as<u8>).as<u8> : acc7).as<u8>'
       value:
-        value: '(_io.size >= 9 ? acc8 * 256 + more[6] : acc8).as<u8>'
+        value: '(_io.size >= 9 ? (acc8 * 256 + more[6].as<u8>).as<u8> : acc8).as<u8>'
         doc: The INTEGER's value.
       below_2_63:
         value: _io.size <= 8

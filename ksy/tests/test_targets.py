@@ -7,13 +7,13 @@ they read, or the rule that stopped them), and so do images larger than 256
 clusters and blobs of 2^40 bytes and more, written by the reference library.
 Every target the compiler offers builds with `make build TARGET=...`.
 
-The generated Java, C++, C#, Ruby, PHP and Lua parsers are compiled and run the
+The generated Java, C++, C#, Ruby, PHP, Lua and Go parsers are compiled and run the
 same way when their runtimes are at hand (CI cannot fetch them: their registries
 are out of reach there): KAITAI_JAVA_RUNTIME names a checkout of
 kaitai_struct_java_runtime 0.11, KAITAI_CPP_RUNTIME one of
 kaitai_struct_cpp_stl_runtime 0.11, KAITAI_CSHARP_RUNTIME one of kaitai_struct_csharp_runtime 0.11 (built with mono),
-KAITAI_RUBY_RUNTIME, KAITAI_PHP_RUNTIME and KAITAI_LUA_RUNTIME ones of the Ruby,
-PHP and Lua runtimes 0.11. What may differ there, and why, is in OTHER_TARGETS.
+KAITAI_RUBY_RUNTIME, KAITAI_PHP_RUNTIME, KAITAI_LUA_RUNTIME and KAITAI_GO_RUNTIME ones
+of the Ruby, PHP, Lua and Go runtimes 0.11. What may differ there, and why, is in OTHER_TARGETS.
 """
 from __future__ import annotations
 
@@ -287,6 +287,28 @@ def _lua_walker(tmp):
     return ["env", f"LUA_PATH={lua_path}", "lua5.3", str(Path(__file__).resolve().parent / "lua" / "walk.lua")]
 
 
+def _go_walker(tmp):
+    runtime = _runtime("KAITAI_GO_RUNTIME")
+    if not shutil.which("go"):
+        pytest.skip("go is not installed")
+    _make("build", "TARGET=go")
+    # GOPATH mode (no module downloads): src/nvbox is the generated package, the runtime
+    # sits at its import path, golang.org/x/text comes from Debian's golang-golang-x-text-dev.
+    gopath = tmp / "gopath"
+    (gopath / "src" / "github.com" / "kaitai-io").mkdir(parents=True)
+    (gopath / "src" / "github.com" / "kaitai-io" / "kaitai_struct_go_runtime").symlink_to(runtime)
+    (gopath / "src" / "nvbox").symlink_to(KSY_DIR / "build" / "go")
+    (gopath / "src" / "walk").mkdir()
+    shutil.copy(Path(__file__).resolve().parent / "go" / "walk.go", gopath / "src" / "walk")
+    exe = tmp / "walk-go"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{gopath}:/usr/share/gocode",
+           "GOCACHE": str(tmp / "gocache"), "GOFLAGS": ""}
+    proc = subprocess.run(["go", "build", "-o", str(exe), "."], cwd=gopath / "src" / "walk", env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [str(exe)]
+
+
 def _hashed(v):
     """The walk.lua output with its "hex:" cluster bytes hashed as summary.py does."""
     if isinstance(v, str) and v.startswith("hex:"):
@@ -303,7 +325,8 @@ def _hashed(v):
 # surrogates, a truncated sequence); the Lua code raises validation errors without a srcPath.
 OTHER_TARGETS = {"java": (_java_walker, True, True), "cpp_stl": (_cpp_walker, False, True),
                  "csharp": (_csharp_walker, True, True), "ruby": (_ruby_walker, False, True),
-                 "php": (_php_walker, False, True), "lua": (_lua_walker, True, False)}
+                 "php": (_php_walker, False, True), "lua": (_lua_walker, True, False),
+                 "go": (_go_walker, False, True)}
 
 
 @pytest.mark.parametrize("target", sorted(OTHER_TARGETS))
