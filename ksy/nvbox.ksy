@@ -830,20 +830,24 @@ types:
         type: der_integer
         valid:
           expr: _.value <= 16
-      - id: root
+      - id: root_pointer
+        -orig-id: root
         type: der_pointer
+        doc: |
+          The component `root`, renamed: Nim's runtime gives every struct a `root`
+          member already.
       - id: trailing
         size-eos: true
         valid:
           expr: _.size == 0
-        doc: Nothing follows `root`; ClusterMap has no extension fields (`der.malformed`).
+        doc: Nothing follows `root_pointer`; ClusterMap has no extension fields (`der.malformed`).
     instances:
       root_node:
         io: _root._io
-        pos: root.pointer.offset.as<s8>
+        pos: root_pointer.pointer.offset.as<s8>
         size: _root.cluster_size
-        type: map_node(depth.value.as<u1>, root.pointer.offset, 0, root.pointer.offset)
-        if: root.pointer.offset != 0
+        type: map_node(depth.value.as<u1>, root_pointer.pointer.offset, 0, root_pointer.pointer.offset)
+        if: root_pointer.pointer.offset != 0
         doc: The data cluster (depth 0) or the top map node.
   dir_branch:
     doc: 'DirBranch ::= SEQUENCE { lowKey OCTET STRING (SIZE (0 | 32)), child }'

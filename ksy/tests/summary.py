@@ -37,7 +37,7 @@ def _map(node, level: int, fanout: int, first: int, out: list) -> None:
 
 def _cluster_map(cm, fanout: int) -> list:
     out: list = []
-    if cm.root.pointer.offset != 0:
+    if cm.root_pointer.pointer.offset != 0:
         if cm.depth.value == 0:
             out.append([0, _sha(cm.root_node.data)])
         else:

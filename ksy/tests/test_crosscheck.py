@@ -28,7 +28,7 @@ def blob_bytes(entry, cs, P):
     if c.tag == 0x80:
         return c.inline_data
     cm = c.clusters
-    if cm.root.pointer.offset == 0:
+    if cm.root_pointer.pointer.offset == 0:
         return bytes(body.size.value)
 
     def rd(node, level):
@@ -70,7 +70,7 @@ def check_crcs(img):
 
     def cmap(c):
         d = c.depth.value
-        ptr(c.root.pointer, (lambda: map_node(c.root_node, d)) if d else None)
+        ptr(c.root_pointer.pointer, (lambda: map_node(c.root_node, d)) if d else None)
 
     def dnode(node):
         if node.level == 0:

@@ -28,7 +28,7 @@ def walk_blob(img, content, cs):
     if content.tag == 0x80:
         return content.inline_data
     cm = content.clusters
-    if cm.root.pointer.offset == 0:
+    if cm.root_pointer.pointer.offset == 0:
         return None
 
     def rd(node, level):
@@ -107,8 +107,8 @@ def test_crcs_exposed_for_application_check(tmp_path, parse):
         assert crc32c(ptr.cluster_bytes) == ptr.crc
     for e in entries(img):
         c = e.body.content
-        if c.tag != 0x80 and c.clusters.root.pointer.offset:
-            assert crc32c(c.clusters.root.pointer.cluster_bytes) == c.clusters.root.pointer.crc
+        if c.tag != 0x80 and c.clusters.root_pointer.pointer.offset:
+            assert crc32c(c.clusters.root_pointer.pointer.cluster_bytes) == c.clusters.root_pointer.pointer.crc
 
 
 def test_directory_with_index_node(tmp_path, parse):

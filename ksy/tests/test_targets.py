@@ -309,6 +309,19 @@ def _go_walker(tmp):
     return [str(exe)]
 
 
+def test_nim_compiles(ksy, tmp_path):
+    """The generated Nim (built without its `valid: expr` checks) compiles; there is no Nim
+    walker, so it is not run."""
+    runtime = _runtime("KAITAI_NIM_RUNTIME")
+    if not shutil.which("nim"):
+        pytest.skip("nim is not installed")
+    _make("build", "TARGET=nim")
+    proc = subprocess.run(["nim", "c", "--hints:off", "--warnings:off", f"--nimcache:{tmp_path / 'cache'}",
+                           f"--path:{runtime}", f"-o:{tmp_path / 'nvbox'}", str(KSY_DIR / "build" / "nim" / "nvbox.nim")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def _hashed(v):
     """The walk.lua output with its "hex:" cluster bytes hashed as summary.py does."""
     if isinstance(v, str) and v.startswith("hex:"):

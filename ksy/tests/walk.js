@@ -52,7 +52,7 @@ function walkMap(node, level, fanout, first, out) {
 
 function clusterMap(cm, fanout) {
   const out = [];
-  if (cm.root.pointer.offset !== 0) {
+  if (cm.rootPointer.pointer.offset !== 0) {
     if (cm.depth.value === 0) out.push([0, sha(cm.rootNode.data)]);
     else walkMap(cm.rootNode, cm.depth.value, fanout, 0, out);
   }

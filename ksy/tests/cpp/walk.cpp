@@ -62,7 +62,7 @@ static void map(nvbox_t::map_node_t* node, int level, uint64_t fanout, uint64_t 
 
 static string cluster_map(nvbox_t::cluster_map_t* cm, uint64_t fanout) {
     vector<string> out;
-    if (cm->root()->pointer()->offset() != 0) {
+    if (cm->root_pointer()->pointer()->offset() != 0) {
         int depth = static_cast<int>(cm->depth()->value());
         if (depth == 0) out.push_back("[0," + str(sha(cm->root_node()->data())) + "]");
         else map(cm->root_node(), depth, fanout, 0, out);

@@ -49,7 +49,7 @@ public static class Walk
     static string ClusterMap(Nvbox.ClusterMap cm, ulong fanout)
     {
         var output = new List<string>();
-        if (cm.Root.Pointer.Offset != 0)
+        if (cm.RootPointer.Pointer.Offset != 0)
         {
             int depth = (int) cm.Depth.Value;
             if (depth == 0) output.Add("[0," + Str(Sha(cm.RootNode.Data)) + "]");

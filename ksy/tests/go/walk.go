@@ -80,7 +80,7 @@ func walkMap(node *nvbox.Nvbox_MapNode, level uint64, fanout int64, first *big.I
 
 func clusterMap(cm *nvbox.Nvbox_ClusterMap, fanout int64) []interface{} {
 	out := []interface{}{}
-	if cm.Root.Pointer.Offset != 0 {
+	if cm.RootPointer.Pointer.Offset != 0 {
 		depth := must(cm.Depth.Value())
 		root := must(cm.RootNode())
 		if depth == 0 {

@@ -51,7 +51,7 @@ public class Walk {
 
     static String clusterMap(Nvbox.ClusterMap cm, long fanout) throws Exception {
         List<String> out = new ArrayList<>();
-        if (cm.root().pointer().offset() != 0) {
+        if (cm.rootPointer().pointer().offset() != 0) {
             int depth = (int) (long) cm.depth().value();
             if (depth == 0) out.add("[0," + str(sha(cm.rootNode().data())) + "]");
             else map(cm.rootNode(), depth, fanout, 0, out);

@@ -62,7 +62,7 @@ end
 
 local function cluster_map(cm, fanout)
   local out = {}
-  if cm.root.pointer.offset ~= 0 then
+  if cm.root_pointer.pointer.offset ~= 0 then
     if cm.depth.value == 0 then out[1] = { 0, hex(cm.root_node.data) }
     else walk_map(cm.root_node, cm.depth.value, fanout, 0, out) end
   end

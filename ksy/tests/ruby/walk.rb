@@ -34,7 +34,7 @@ end
 
 def cluster_map(cm, fanout)
   out = []
-  if cm.root.pointer.offset != 0
+  if cm.root_pointer.pointer.offset != 0
     if cm.depth.value == 0
       out << [0, sha(cm.root_node.data)]
     else
