@@ -26,9 +26,36 @@ from ._visit import Visitor
 from .check import check_image
 from .errors import raise_code
 
-__all__ = ["compact_image"]
+__all__ = ["PROGRESS_SCALE", "compact_image"]
 
 _MAX_PASSES = 8
+# compact_image reports progress on this scale: the check that comes first fills
+# the first half; pass k then fills half of what is left (the number of passes
+# is not known ahead, and most images need one or two), each pass by the share
+# of the live clusters its walk has placed.
+PROGRESS_SCALE = 1 << 16
+
+
+class _Progress:
+    """The (done, total) callback of compact_image, on PROGRESS_SCALE."""
+
+    def __init__(self, report):
+        self.report = report
+        self.start, self.width = 0, PROGRESS_SCALE // 2
+
+    def check(self, done, total) -> None:
+        self._at(done / total if total else 1.0)
+
+    def next_pass(self) -> None:
+        self.start += self.width
+        self.width = (PROGRESS_SCALE - self.start) // 2
+
+    def placed(self, n: int, live: int) -> None:
+        self._at(min(1.0, n / live) if live else 1.0)
+
+    def _at(self, fraction: float) -> None:
+        if self.report is not None:
+            self.report(self.start + int(self.width * fraction), PROGRESS_SCALE)
 
 
 class _Relocator:
@@ -38,8 +65,9 @@ class _Relocator:
     pointer (itself when it stays), so a cluster shared by several parents (a
     snapshot and the active state) moves once, and its count moves with it."""
 
-    def __init__(self, image, cutoff: int):
+    def __init__(self, image, cutoff: int, on_placed=None):
         self.img, self.store = image, image.store
+        self.on_placed = on_placed      # called with the number of clusters placed so far
         self.bits = image.geo.cluster_bits
         self.cutoff = cutoff
         self.memo: dict[int, fmt.Pointer] = {}
@@ -68,6 +96,8 @@ class _Relocator:
 
     def _done(self, old: fmt.Pointer, new: fmt.Pointer) -> fmt.Pointer:
         self.memo[old.offset >> self.bits] = new
+        if self.on_placed is not None and len(self.memo) % 1024 == 0:
+            self.on_placed(len(self.memo))
         return new
 
     def _new(self, ptr: fmt.Pointer) -> fmt.Pointer:
@@ -156,6 +186,8 @@ def _live_clusters(image) -> tuple[int, int]:
 
 def compact_image(image, progress=None) -> dict:
     """Compact ``image`` (open read-write, no transaction pending).
+    ``progress(done, total)``, if given, is called as the work goes on (total
+    is PROGRESS_SCALE; done grows and ends below it, at the last pass).
 
     Returns:
         {"before": bytes, "after": bytes, "passes": n, "moved": clusters moved}.
@@ -167,7 +199,8 @@ def compact_image(image, progress=None) -> dict:
     image.check_writable()
     if image.in_transaction:
         raise_code("usage.argument", "compact commits on its own; run it outside a transaction")
-    result = check_image(image)
+    bar = _Progress(progress)
+    result = check_image(image, bar.check)
     # A damaged commit slot (R-check-3) is no reason to refuse: no cluster move touches it, and
     # a pass's commit overwrites it.
     result.corruptions = [p for p in result.corruptions if p["code"] != "slot.damaged"]
@@ -186,7 +219,7 @@ def compact_image(image, progress=None) -> dict:
                 passes -= 1
                 break
             old_clusters = image.slot.image_clusters
-            reloc = _Relocator(image, live)
+            reloc = _Relocator(image, live, lambda placed, live=live: bar.placed(placed, live))
             with image.transaction():
                 slot, txn = image.slot, image.txn
                 state = txn.directory
@@ -207,8 +240,8 @@ def compact_image(image, progress=None) -> dict:
                 reloc.refcount_tree()
                 txn.request_shrink()    # the commit cuts the image, then the file
             moved += reloc.moved
-            if progress:
-                progress(passes, _MAX_PASSES)
+            bar.placed(live, live)
+            bar.next_pass()
             if image.slot.image_clusters >= old_clusters and not reloc.moved:
                 break
     finally:

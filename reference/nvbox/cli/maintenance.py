@@ -9,7 +9,7 @@ from ..check import check_image, repair_image
 from ..clustermap import cluster_map
 from ..cmdline import (CONTEXT, EXIT_CORRUPT, EXIT_FAILED, EXIT_UNSUPPORTED, PROGRESS_CLUSTERS, Progress, emit_error,
                      emit_json, human_size, image_command, table)
-from ..compact import compact_image
+from ..compact import PROGRESS_SCALE, compact_image
 from ..errors import NvboxError
 from ..mappicture import render_png
 from ..probe import signature
@@ -157,9 +157,9 @@ Examples:
 @image_command(output=True)
 def compact(image, output):
     with image.open("rw") as img:
-        # compact reports passes done of at most N: the bar counts passes.
-        with Progress(1 << 16, "compacting", large=img.slot.image_clusters >= PROGRESS_CLUSTERS) as bar:
-            result = compact_image(img, lambda done, total: bar((done << 16) // total if total else 0))
+        # compact reports on its own scale: its check, then each pass's walk.
+        with Progress(PROGRESS_SCALE, "compacting", large=img.slot.image_clusters >= PROGRESS_CLUSTERS) as bar:
+            result = compact_image(img, lambda done, total: bar(done))
     if output == "json":
         emit_json(result)
     else:
