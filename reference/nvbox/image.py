@@ -622,6 +622,8 @@ class Image:
         self.txn.write_end = (name, offset + n)
 
     def _write_now(self, name, offset: int, data: bytes, create: bool) -> None:
+        if create:
+            check_path_safe(name)   # a write may create the blob: put's name rule (nvbox.names), checked first
         with self._change():
             name, key, path, leaf, i, found = self._leaf_for(name, must_exist=not create)
             if not found:

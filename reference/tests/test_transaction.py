@@ -312,3 +312,19 @@ def test_crash_at_any_point_leaves_the_old_or_the_new_state_with_exact_counts(wh
     assert stats.result != before
     assert all(content in (before, stats.result) for content in seen)
     assert before in seen and stats.result in seen
+
+
+def test_a_write_that_may_create_a_blob_follows_puts_name_rule():
+    # put refused names that export and the mount cannot turn into paths; a write
+    # that creates the blob must refuse them too, before touching the transaction.
+    img = nvbox.create(None)
+    img.put("keep", b"1")
+    img.begin()
+    img.write("pending", 0, b"2")
+    for bad in ("../x", "/abs", "a//b", "a/"):
+        with pytest.raises(nvbox.NvboxError) as exc:
+            img.write(bad, 0, b"x")
+        assert exc.value.code == "blob.name"
+    assert img.in_transaction and img.pending       # the open transaction survived
+    img.commit()
+    assert img.names() == ["keep", "pending"]
