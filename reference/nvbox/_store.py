@@ -131,16 +131,29 @@ class ClusterStore:
         self._ref_home: dict[tuple[int, int], int] = {}
 
     def end_transaction(self, slot: fmt.Slot) -> None:
-        """After a durable commit: freed clusters become allocatable (R-alloc-2)."""
-        candidates = [c for c in self.freed if c < slot.image_clusters]
-        scan_block, scan_from, old = self._scan_block, self._scan_from, self._candidates
+        """After a durable commit: freed clusters become allocatable (R-alloc-2).
+        The candidate heap carries over as it is (rebuilding it would cost a
+        step per free cluster of the image at every commit); only this
+        transaction's freed clusters are pushed, and only an image that shrank
+        needs its candidates filtered."""
+        heap, members = self._candidates, self._candidate_set
+        shrank = slot.image_clusters < self.durable.image_clusters
+        scan_block, scan_from = self._scan_block, self._scan_from
+        freed = [c for c in self.freed if c < slot.image_clusters and c not in members]
         self.reset(slot)
         self._scan_block, self._scan_from = scan_block, scan_from
-        for c in old + candidates:
-            if c < slot.image_clusters and c not in self._candidate_set:
-                self._candidate_set.add(c)
-                self._candidates.append(c)
-        heapq.heapify(self._candidates)
+        if shrank:
+            heap = [c for c in heap if c < slot.image_clusters]
+            members = set(heap)
+            heapq.heapify(heap)
+        if len(freed) > len(heap):
+            heap.extend(freed)
+            heapq.heapify(heap)
+        else:
+            for c in freed:
+                heapq.heappush(heap, c)
+        members.update(freed)
+        self._candidates, self._candidate_set = heap, members
 
     # -- verified cluster I/O (R-ptr-2..4) -------------------------------------
 
@@ -173,6 +186,16 @@ class ClusterStore:
         if len(self._cache) > _CACHE_NODES:
             self._cache.popitem(last=False)
         return value
+
+    def remember(self, ptr: fmt.Pointer, kind: int, value) -> None:
+        """Cache the decoded form of a node this process just wrote at ``ptr``.
+        A node is immutable once written (R-cow-1), and the key holds its
+        checksum (and tag), so the entry is found only through a pointer to
+        exactly these bytes; the next transaction's copy-on-write of the same
+        node then needs no read and no decode."""
+        self._cache[(ptr.offset, ptr.crc, ptr.tag, kind)] = value
+        if len(self._cache) > _CACHE_NODES:
+            self._cache.popitem(last=False)
 
     def seal(self, index: int, kind: int, data: bytes) -> tuple[bytes, fmt.Pointer]:
         """Encrypt (when the image is encrypted) and checksum a cluster for ``index``."""
@@ -316,6 +339,49 @@ class ClusterStore:
             level -= 1
         return ptr
 
+    def counts_of(self, first: int, n: int) -> list[int]:
+        """``count(i)`` for the clusters ``first .. first + n - 1``, a durable
+        refcount block slice at a time (a large write's clusters in C, not one
+        call each), with this transaction's counts laid over them."""
+        per, limit, end = self.geo.counts_per_block, self.durable.image_clusters, first + n
+        out: list[int] = []
+        i = first
+        while i < end:
+            k, j = divmod(i, per)
+            stop = min(end, (k + 1) * per)
+            top = min(stop, limit)
+            block = self.durable_block(k) if i < top else None
+            out += (block[j:j + top - i].tolist() + [0] * (stop - top)) if block is not None else [0] * (stop - i)
+            i = stop
+        counts = self.counts
+        if counts and not counts.keys().isdisjoint(range(first, end)):
+            for i in range(first, end):
+                c = counts.get(i)
+                if c is not None:
+                    out[i - first] = c
+        return out
+
+    def decref_many(self, indices: list[int]) -> None:
+        """``decref`` of each cluster in ``indices``.  Runs of consecutive durable
+        clusters referenced once (what overwriting a blob replaces) are released
+        in bulk; anything else goes one by one."""
+        fresh = self.fresh
+        a = 0
+        while a < len(indices):
+            b = a + 1
+            while b < len(indices) and indices[b] == indices[b - 1] + 1:
+                b += 1
+            first, n = indices[a], b - a
+            run = range(first, first + n)
+            if fresh.isdisjoint(run) and self.counts_of(first, n).count(1) == n:
+                self.counts.update(dict.fromkeys(run, 0))
+                self._unapplied.update(run)
+                self.freed.update(run)      # durable: allocatable after the commit (R-alloc-2)
+            else:
+                for i in run:
+                    self.decref_index(i)
+            a = b
+
     def set_count(self, index: int, value: int) -> None:
         if value > fmt.MAX_REFCOUNT:
             raise_code("refcount.overflow", f"cluster {index} would be referenced {value} times")
@@ -329,7 +395,10 @@ class ClusterStore:
 
     def decref(self, ptr: fmt.Pointer) -> int:
         """Drop one reference; return the new count.  A cluster reaching 0 is freed."""
-        i = ptr.offset >> self.geo.cluster_bits
+        return self.decref_index(ptr.offset >> self.geo.cluster_bits)
+
+    def decref_index(self, i: int) -> int:
+        """``decref`` of cluster ``i``."""
         c = self.count(i)
         if c <= 0:
             raise_code("refcount.tree", f"cluster {i} is referenced but its count is already 0")
@@ -472,16 +541,36 @@ class ClusterStore:
             if first is None:
                 runs.append((self._grow(n), n))
                 break
-            length = 1
-            while length < n and self._candidates and self._candidates[0] == first + length \
-                    and self._usable(first + length):
-                heapq.heappop(self._candidates)
-                self._candidate_set.discard(first + length)
-                self._take(first + length)
-                length += 1
+            length = 1 + self._take_following(first + 1, n - 1)
             runs.append((first, length))
             n -= length
         return runs
+
+    def _take_following(self, start: int, most: int) -> int:
+        """Take the candidates ``start, start + 1, ...`` (at most ``most``) while
+        they are consecutive and usable; return how many were taken.  The run
+        is popped and checked in bulk; from its first unusable cluster on,
+        the rest go back to the heap for the one-by-one path to judge."""
+        heap = self._candidates
+        stop = start
+        while stop - start < most and heap and heap[0] == stop:
+            heapq.heappop(heap)
+            stop += 1
+        if stop == start:
+            return 0
+        run = range(start, stop)
+        if not (stop <= self.image_clusters and self.freed.isdisjoint(run) and self.fresh.isdisjoint(run)
+                and not any(self.counts_of(start, stop - start))):
+            good = next(k for k, c in enumerate(run) if not (c < self.image_clusters and self._usable(c)))
+            for c in run[good:]:
+                heapq.heappush(heap, c)     # still in _candidate_set
+            run = run[:good]
+        self._candidate_set.difference_update(run)
+        self.fresh.update(run)
+        self.counts.update(dict.fromkeys(run, 1))
+        self._unapplied.update(run)
+        self._allocated += len(run)
+        return len(run)
 
     def _grow(self, n: int) -> int:
         first = self.image_clusters
@@ -621,8 +710,11 @@ class ClusterStore:
         durable_ptr = self._current_ref_pointer(level, k)
         if durable_ptr is not None and not durable_ptr.is_null:
             kind = fmt.KIND_REFBLOCK if level == 1 else fmt.KIND_REFINDEX
-            raw = self.read_raw(durable_ptr, kind)
-            node = array("H", raw) if level == 1 else fmt.decode_pointers(raw, geo)
+            # A copy: the cached node stays the durable one.
+            if level == 1:
+                node = array("H", self.read_cached(durable_ptr, kind, lambda raw: array("H", raw)))
+            else:
+                node = list(self.read_cached(durable_ptr, kind, lambda raw: fmt.decode_pointers(raw, geo)))
             # Refcount nodes have exactly one parent: the copy inherits the children.
             self.decref(durable_ptr)
         else:
@@ -671,7 +763,9 @@ class ClusterStore:
         geo = self.geo
         written: dict[tuple[int, int], fmt.Pointer] = {}
         for k, leaf in self._ref_leaves.items():
-            written[(1, k)] = self.write_cluster(self._ref_home[(1, k)], fmt.KIND_REFBLOCK, leaf.tobytes())
+            ptr = self.write_cluster(self._ref_home[(1, k)], fmt.KIND_REFBLOCK, leaf.tobytes())
+            self.remember(ptr, fmt.KIND_REFBLOCK, array("H", leaf))
+            written[(1, k)] = ptr
         for level in range(2, self.refcount_depth + 1):
             for (lv, k), ptrs in self._ref_index.items():
                 if lv != level:
@@ -680,8 +774,9 @@ class ClusterStore:
                     child = written.get((level - 1, k * geo.fanout + j))
                     if child is not None:
                         ptrs[j] = child
-                written[(lv, k)] = self.write_cluster(self._ref_home[(lv, k)], fmt.KIND_REFINDEX,
-                                                      fmt.encode_pointers(ptrs, geo))
+                ptr = self.write_cluster(self._ref_home[(lv, k)], fmt.KIND_REFINDEX, fmt.encode_pointers(ptrs, geo))
+                self.remember(ptr, fmt.KIND_REFINDEX, list(ptrs))
+                written[(lv, k)] = ptr
         root = written.get((self.refcount_depth, 0))
         if root is not None:
             self.refcount_root = root

@@ -49,9 +49,15 @@ class Blob:
     def of(cls, e):
         return cls(e.name, e.size, e.inline, e.depth, e.root, e.extra)
 
-    def encode(self, width: int, root: Pointer | None = None) -> bytes:
+    def entry(self, root: Pointer | None = None) -> fmt.DirEntry:
+        """The entry as ``fmt.decode_entry`` reads it back (an inline blob has no map)."""
+        if self.inline is not None:
+            return fmt.DirEntry(self.name, self.size, bytes(self.inline), extra=self.extra)
         ptr = root if root is not None else (self.root if isinstance(self.root, Pointer) else NULL)
-        return fmt.DirEntry(self.name, self.size, self.inline, self.depth, ptr, self.extra).encode(width)
+        return fmt.DirEntry(self.name, self.size, None, self.depth, ptr, self.extra)
+
+    def encode(self, width: int, root: Pointer | None = None) -> bytes:
+        return self.entry(root).encode(width)
 
 
 class DirNode:
@@ -307,7 +313,12 @@ class Trees:
         new_contents = []
         for holder, j0, j1, i0 in segments:
             pos = i0 - first
-            if not any(map(_offset, holder[j0:j1])):     # all empty: no old clusters to replace
+            olds = [p.offset >> bits for p in holder[j0:j1]]
+            if not any(olds) or (all(olds) and fresh.isdisjoint(olds)):
+                # All empty, or all durable (an overwrite): every cluster is new,
+                # and the old ones are released together.
+                if olds[0]:
+                    store.decref_many(olds)
                 new.append((holder, j0, j1, i0))
                 new_contents += contents[pos:pos + j1 - j0]
                 continue
@@ -461,7 +472,9 @@ class Trees:
         if not any(map(_offset, ptrs)):
             return NULL
         store = self.store
-        return store.write_cluster(store.allocate(1), kind, fmt.encode_pointers(ptrs, self.geo))
+        ptr = store.write_cluster(store.allocate(1), kind, fmt.encode_pointers(ptrs, self.geo))
+        store.remember(ptr, kind, list(ptrs))   # map_node would decode exactly this list
+        return ptr
 
     def flush_dir(self, child, level: int) -> Pointer:
         if isinstance(child, Pointer):
@@ -471,7 +484,7 @@ class Trees:
             for b in child.items:
                 if b.inline is None:
                     b.root = self.flush_map(b.root, b.depth)
-            items = child.items
+            items = [b.entry() for b in child.items]
         else:
             for it in child.items:
                 it[1] = self.flush_dir(it[1], level - 1)
@@ -483,7 +496,9 @@ class Trees:
         body = der.sequence(*elements)
         raw = fmt.encode_dir_node(level, items, self.geo, body)
         store = self.store
-        return store.write_cluster(store.allocate(1), fmt.KIND_DIR, raw)
+        ptr = store.write_cluster(store.allocate(1), fmt.KIND_DIR, raw)
+        store.remember(ptr, fmt.KIND_DIR, fmt.DirNode(level, tuple(items)))   # what dir_node would decode
+        return ptr
 
     # -- directory: reading ----------------------------------------------------------------
 
