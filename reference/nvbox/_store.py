@@ -182,17 +182,16 @@ class ClusterStore:
             self._cache.move_to_end(key)
             return hit
         value = decode(self.read_raw(ptr, kind))
-        self._cache[key] = value
-        if len(self._cache) > _CACHE_NODES:
-            self._cache.popitem(last=False)
+        self.remember(ptr, kind, value)
         return value
 
     def remember(self, ptr: fmt.Pointer, kind: int, value) -> None:
-        """Cache the decoded form of a node this process just wrote at ``ptr``.
-        A node is immutable once written (R-cow-1), and the key holds its
+        """Cache the decoded form of the node at ``ptr``: one read_cached has
+        just checked and decoded, or one this process has just written.  A
+        node is immutable once written (R-cow-1), and the key holds its
         checksum (and tag), so the entry is found only through a pointer to
-        exactly these bytes; the next transaction's copy-on-write of the same
-        node then needs no read and no decode."""
+        exactly these bytes; a written node's next copy-on-write then needs
+        no read and no decode."""
         self._cache[(ptr.offset, ptr.crc, ptr.tag, kind)] = value
         if len(self._cache) > _CACHE_NODES:
             self._cache.popitem(last=False)

@@ -98,3 +98,34 @@ def test_compaction_is_not_limited_by_the_scan_budget(tmp_path):
         assert img.store.scan_limit == _store._SCAN_BLOCKS
         assert img.get("late") == b"l" * 16 * KiB
         assert check_image(img).verdict == "clean"
+
+
+def test_a_run_of_candidates_stops_at_a_cluster_in_use(tmp_path):
+    """allocate_many takes consecutive free clusters as one run, checked in bulk;
+    a cluster of the run that is in use after all is not taken, and the run is
+    cut there (the rest is judged one by one)."""
+    with nvbox.create(tmp_path / "a.nvbox", cluster_size=4096) as img:
+        img.write("keep", 0, b"k" * 4096)
+        img.write("gone", 0, b"g" * 64 * 1024)
+        img.delete("gone")          # its 16 data clusters are free after this commit
+        # abort() reloads the durable state into a new store: each transaction
+        # below starts from the same state, so ask img.store each time.
+        img.begin()
+        probe = img.store.allocate_many(16)
+        img.abort()
+        free_run = max(probe, key=lambda r: r[1])
+        assert free_run[1] >= 8, free_run       # a run long enough to cut
+        blocked = free_run[0] + 3
+        img.begin()
+        store = img.store
+        store.set_count(blocked, 1)             # in use after all (as a repair could find)
+        runs = store.allocate_many(16)
+        taken = [c for first, n in runs for c in range(first, first + n)]
+        assert blocked not in taken
+        assert len(taken) == len(set(taken)) == 16
+        assert (free_run[0], 3) in runs         # the bulk run stops right before it
+        assert sorted(taken) == [c for first, n in probe for c in range(first, first + n)
+                                 if c != blocked] + [max(taken)]   # nothing else skipped
+        assert all(store.count(c) == 1 for c in taken)
+        img.abort()
+        assert check_image(img).verdict == "clean"
